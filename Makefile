@@ -1,0 +1,38 @@
+# The README's commands. Everything the targets need is installed by the targets themselves.
+SHELL := /bin/bash
+PY ?= python3
+STATE := $(CURDIR)/.devstack
+VENV := $(STATE)/venv
+PYTHON := $(VENV)/bin/python
+
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+
+.PHONY: venv test test-unit model clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(PYTHON) -r requirements-dev.txt
+	touch $@
+
+## venv: the project's virtualenv (.devstack/venv) with pinned requirements
+venv: $(VENV)/.installed
+
+## test: Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/
+test: venv
+	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
+	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider .astro/test_dag_integrity_default.py
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests
+
+## test-unit: only the logic in include/ (no Airflow process, no broker)
+test-unit: venv
+	$(PYTHON) -m pytest -p no:cacheprovider tests/unit
+
+## model: retrain the packaged failure classifier (deterministic; writes include/models/failure_classifier/v1)
+model: venv
+	$(PYTHON) -m include.event_pipelines.inference.train --version v1
+
+clean:
+	rm -rf $(STATE)

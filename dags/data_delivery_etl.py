@@ -1,0 +1,92 @@
+"""
+## Data-delivery ETL (Amazon SQS)
+
+A producer drops a CSV file (local `file://` or `s3://`, read with `ObjectStoragePath`) and sends a
+"data ready" message to the `data-deliveries` queue. The watcher turns the message into an asset event; this DAG
+validates message and file (checksum, header, every row, row count), transforms (integer cents, ISO currency,
+UTC timestamps), and loads the file into the `orders` table of the `events_db` connection in **one transaction
+with a ledger row keyed on the file's SHA-256**, so the same file delivered twice changes nothing. A bad file is
+moved to the quarantine location with a `.reason.json` and an `etl_quarantine` row; a bad message is kept in
+`dead_letters` with its reason. Loaded tables update the `events_db.orders` asset for downstream DAGs.
+
+Delivery: messages are received **without deletion**, stay invisible for `SQS_VISIBILITY_TIMEOUT` seconds, and
+each is deleted by receipt handle only after its load/quarantine is committed. A run that dies leaves its
+messages to reappear; the queue's redrive policy sends a message that keeps failing to `data-deliveries-dlq`.
+
+Example message (schema: `include/event_pipelines/etl/schemas.py:DeliveryNotice`):
+
+```json
+{"delivery_id": "orders-0001", "uri": "file:///tmp/landing/orders-0001.csv", "sha256": "<64 hex>",
+ "row_count": 3, "producer": "shop-export", "delivered_at": "2026-11-24T08:00:00Z"}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from pendulum import datetime, duration
+
+from include.event_pipelines import airflow_io, config
+from include.event_pipelines.etl import pipeline as etl
+
+QUEUE_URL = config.sqs_queue_url(config.DELIVERY_QUEUE)
+
+delivery_trigger = MessageQueueTrigger(
+    scheme="sqs",
+    sqs_queue=QUEUE_URL,
+    aws_conn_id=config.AWS_CONN_ID,
+    max_messages=config.SQS_MAX_MESSAGES,
+    wait_time_seconds=config.SQS_WAIT_TIME_SECONDS,  # long poll ...
+    waiter_delay=0,  # ... instead of the provider's 60 s sleep after an empty poll
+    visibility_timeout=config.SQS_VISIBILITY_TIMEOUT,
+    delete_message_on_reception=False,  # deleted by the run, once the effect is durable
+)
+deliveries = Asset(
+    "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
+)
+orders_table = Asset("events_db.orders")
+
+
+@dag(
+    schedule=[deliveries],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=2,
+    doc_md=__doc__,
+    default_args={"owner": "data-platform", "retries": 3, "retry_delay": duration(seconds=10)},
+    tags=["event-driven", "sqs", "etl"],
+)
+def data_delivery_etl() -> None:
+    @task
+    def collect_messages(**context: Any) -> list[dict[str, Any]]:
+        """Every "data ready" message of this run (all coalesced asset events, each SQS batch in full)."""
+        return airflow_io.run_messages(context, deliveries, produced_at_field="delivered_at")
+
+    @task(map_index_template="{{ message_id }}")
+    def load_delivery(message: dict[str, Any]) -> dict[str, Any]:
+        """Validate, transform and load one delivered file (or quarantine it), then acknowledge its message."""
+        envelope = airflow_io.to_envelopes([message])[0]
+        get_current_context()["message_id"] = envelope.message_id  # type: ignore[typeddict-unknown-key]
+        outcome = etl.process_delivery(
+            envelope, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
+        )
+        airflow_io.delete_sqs_messages(QUEUE_URL, [envelope])
+        return outcome.as_dict()
+
+    @task(outlets=[orders_table])
+    def announce_orders(outcomes: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+        """Update the `events_db.orders` asset when rows were loaded (skipped otherwise)."""
+        summary = etl.summarize(list(outcomes))
+        context["outlet_events"][orders_table].extra = summary
+        if not summary["rows_loaded"]:
+            raise AirflowSkipException(f"nothing loaded: {summary}")
+        return summary
+
+    announce_orders(load_delivery.expand(message=collect_messages()))
+
+
+data_delivery_etl()

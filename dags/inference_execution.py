@@ -1,0 +1,81 @@
+"""
+## Inference execution (Amazon SQS)
+
+Prediction requests arrive on the `inference-requests` queue. Each run loads the model **once per task** and
+answers every request of its batch in one call: the packaged scikit-learn failure classifier
+(`include/models/failure_classifier/v1`, trained by `include/event_pipelines/inference/train.py` on generated
+data), or a remote endpoint named by the `inference_endpoint` connection when `INFERENCE_BACKEND=http`.
+Predictions go to `inference_predictions` (keyed on `request_id`), then one reply per request is sent to
+`inference-replies` with the request id as `correlation_id`, then the requests are deleted.
+
+SQS because requests are independent jobs: per-message acknowledgement, a visibility timeout sized to the run,
+and a redrive policy to `inference-requests-dlq` are exactly a work queue's needs, and no ordering is required.
+`max_active_runs=4`: runs overlap, each with its own messages.
+
+Example request (schema: `include/event_pipelines/inference/schemas.py:InferenceRequest`):
+
+```json
+{"request_id": "req-000123", "submitted_at": "2026-11-24T08:00:00Z",
+ "features": {"temperature_c": 78.0, "vibration_mm_s": 11.2, "pressure_kpa": 101.0, "rpm": 3200}}
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+from airflow.sdk import Asset, AssetWatcher, dag, task
+from pendulum import datetime, duration
+
+from include.event_pipelines import airflow_io, config
+from include.event_pipelines.inference.pipeline import answer_requests
+
+REQUEST_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REQUEST_QUEUE)
+REPLY_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REPLY_QUEUE)
+
+request_trigger = MessageQueueTrigger(
+    scheme="sqs",
+    sqs_queue=REQUEST_QUEUE_URL,
+    aws_conn_id=config.AWS_CONN_ID,
+    max_messages=config.SQS_MAX_MESSAGES,
+    wait_time_seconds=config.SQS_WAIT_TIME_SECONDS,
+    waiter_delay=0,
+    visibility_timeout=config.SQS_VISIBILITY_TIMEOUT,
+    delete_message_on_reception=False,
+)
+inference_requests = Asset(
+    "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]
+)
+
+
+@dag(
+    schedule=[inference_requests],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    doc_md=__doc__,
+    default_args={"owner": "ml-platform", "retries": 3, "retry_delay": duration(seconds=10)},
+    tags=["event-driven", "sqs", "ml-inference"],
+)
+def inference_execution() -> None:
+    @task
+    def collect_requests(**context: Any) -> list[list[dict[str, Any]]]:
+        """Every request of this run, in batches of at most `INFERENCE_BATCH_SIZE` (one mapped task each)."""
+        messages = airflow_io.run_messages(context, inference_requests, produced_at_field="submitted_at")
+        return airflow_io.chunks(messages, config.INFERENCE_BATCH_SIZE)
+
+    @task
+    def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Load the model once, answer every request, store, reply, then delete the requests."""
+        envelopes = airflow_io.to_envelopes(batch)
+        outcome = answer_requests(
+            envelopes, airflow_io.engine(), airflow_io.predictor(), airflow_io.sqs_reply_sender(REPLY_QUEUE_URL)
+        )
+        airflow_io.delete_sqs_messages(REQUEST_QUEUE_URL, envelopes)
+        return outcome.as_dict()
+
+    answer_batch.expand(batch=collect_requests())
+
+
+inference_execution()

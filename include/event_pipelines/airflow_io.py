@@ -1,0 +1,176 @@
+"""The only module that talks to Airflow: hooks, connections and the task context, for the three DAGs.
+
+Imports of providers happen inside the functions, so parsing a DAG file stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine
+
+from include.event_pipelines import config, db, runstats
+from include.event_pipelines.messages import Envelope, envelopes_from_asset_events, envelopes_from_conf
+
+log = logging.getLogger(__name__)
+
+
+# --- database -----------------------------------------------------------------------------------------------------
+@cache
+def engine(conn_id: str = config.DB_CONN_ID) -> Engine:
+    """SQLAlchemy engine for an Airflow SQL connection (SQLite by default, Postgres/any DbApiHook by config)."""
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    eng = db.configure_sqlite(hook.get_sqlalchemy_engine())
+    db.ensure_schema(eng)
+    return eng
+
+
+# --- the run's messages --------------------------------------------------------------------------------------------
+def run_messages(context: Mapping[str, Any], asset: Any, *, produced_at_field: str | None = None) -> list[dict[str, Any]]:
+    """Every message behind this run (all coalesced asset events, or ``conf["messages"]`` for a manual run).
+
+    Logs and records the run's batch size and how long its messages waited since they were produced.
+    """
+    dag_run = context["dag_run"]
+    envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
+    envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
+    start = dag_run.start_date or context["ti"].start_date
+    summary = runstats.summarize(start, envelopes, produced_at_field)
+    log.info("run %s: %s", dag_run.run_id, json.dumps(summary))
+    if envelopes:
+        runstats.record(engine(), dag_run.dag_id, dag_run.run_id, summary)
+    return [e.model_dump(exclude_none=True) for e in envelopes]
+
+
+def to_envelopes(items: Sequence[Mapping[str, Any]]) -> list[Envelope]:
+    return [Envelope.model_validate(i) for i in items]
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """Split a run's messages into bounded batches (one mapped task each)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+# --- SQS -----------------------------------------------------------------------------------------------------------
+def sqs_client() -> Any:
+    from airflow.providers.amazon.aws.hooks.sqs import SqsHook
+
+    return SqsHook(aws_conn_id=config.AWS_CONN_ID).get_conn()
+
+
+def delete_sqs_messages(queue_url: str, envelopes: Sequence[Envelope]) -> int:
+    """Acknowledge SQS messages (delete by receipt handle) once their effect is durable.
+
+    A receipt handle that is no longer valid (the message became visible again and was received anew) is logged,
+    not raised: that message will come back and the idempotent sinks absorb it.
+    """
+    handles = [(e.message_id, e.receipt_handle) for e in envelopes if e.source == "sqs" and e.receipt_handle]
+    if not handles:
+        return 0
+    client = sqs_client()
+    deleted = 0
+    for batch in chunks(handles, 10):
+        entries = [{"Id": str(i), "ReceiptHandle": rh} for i, (_, rh) in enumerate(batch)]
+        response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        deleted += len(response.get("Successful", []))
+        for failure in response.get("Failed", []):
+            mid = batch[int(failure["Id"])][0]
+            log.warning("message %s: not deleted (%s: %s); it will be redelivered and deduplicated",
+                        mid, failure.get("Code"), failure.get("Message"))
+    return deleted
+
+
+def send_sqs_messages(queue_url: str, bodies: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
+    """Send ``(id, body, string attributes)`` triples in batches of 10; raise if SQS refused any."""
+    client = sqs_client()
+    for batch in chunks(bodies, 10):
+        entries = [
+            {
+                "Id": str(i),
+                "MessageBody": body,
+                "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+            }
+            for i, (_, body, attrs) in enumerate(batch)
+        ]
+        response = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        if response.get("Failed"):
+            raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s) to {queue_url}: {response['Failed']}")
+
+
+def sqs_reply_sender(queue_url: str) -> Callable[[Sequence[Any]], None]:
+    """Send inference replies, each with its ``correlation_id`` as a message attribute."""
+
+    def send(replies: Sequence[Any]) -> None:
+        send_sqs_messages(
+            queue_url,
+            [(r.correlation_id, r.model_dump_json(), {"correlation_id": r.correlation_id}) for r in replies],
+        )
+
+    return send
+
+
+# --- Kafka ---------------------------------------------------------------------------------------------------------
+def kafka_publisher(topic: str) -> Callable[[Sequence[Any]], None]:
+    """A function that produces pydantic events (key: ``device_id``, header ``dedup_key``) and waits for acks.
+
+    The producer is created on first use, so a run whose readings trip nothing never connects.
+    """
+
+    @cache
+    def producer() -> Any:
+        from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+
+        return KafkaProducerHook(kafka_config_id=config.KAFKA_CONN_ID).get_producer()
+
+    def publish(events: Sequence[Any]) -> None:
+        errors: list[str] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(f"{msg.key()!r}: {err}")
+
+        for ev in events:
+            producer().produce(
+                topic,
+                key=ev.device_id.encode(),
+                value=ev.model_dump_json().encode(),
+                headers={"dedup_key": ev.dedup_key.encode()},
+                on_delivery=on_delivery,
+            )
+            producer().poll(0)
+        remaining = producer().flush(30)
+        if remaining or errors:
+            raise RuntimeError(f"{remaining} alert(s) unacknowledged, {len(errors)} failed: {errors[:3]}")
+
+    return publish
+
+
+# --- inference backends --------------------------------------------------------------------------------------------
+def predictor(backend: str = config.INFERENCE_BACKEND) -> Any:
+    from include.event_pipelines.inference.model import HttpEndpointPredictor, LocalModelPredictor
+
+    if backend == "local":
+        return LocalModelPredictor.load()
+    if backend == "http":
+        from airflow.providers.http.hooks.http import HttpHook
+
+        hook = HttpHook(method="POST", http_conn_id=config.INFERENCE_HTTP_CONN_ID)
+
+        def post_json(body: dict[str, Any]) -> dict[str, Any]:
+            response = hook.run("predict", json=body, extra_options={"timeout": 60})
+            return response.json()
+
+        return HttpEndpointPredictor(post_json=post_json)
+    raise ValueError(f"INFERENCE_BACKEND must be 'local' or 'http', not {backend!r}")
+
+
+def storage_path(uri: str) -> Any:
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(uri)

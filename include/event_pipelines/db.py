@@ -1,0 +1,194 @@
+"""Tables and idempotent writes, portable between SQLite (the embedded default) and PostgreSQL.
+
+Every table a pipeline writes is keyed on the identity of what was received (SQS MessageId, Kafka
+topic/partition/offset, or a producer id), and every insert is ``ON CONFLICT DO NOTHING`` (or an explicit upsert),
+so a redelivered message, a retried task or a cleared run changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes from timezone-aware columns; everything is stored in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+# --- shared ----------------------------------------------------------------------------------------------------
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("pipeline", String(64), primary_key=True),
+    Column("message_id", String(256), primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("body", Text),  # the original body (base64 for bytes that are not UTF-8)
+    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
+
+# Per-run figures: how long the run's events waited (producer timestamp -> run start) and its batch size.
+run_stats = Table(
+    "pipeline_run_stats",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("messages", Integer, nullable=False),
+    Column("wait_p50_s", Float),
+    Column("wait_max_s", Float),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
+
+# --- data-delivery ETL -------------------------------------------------------------------------------------------
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("ordered_at", DateTime(timezone=True), nullable=False),
+    Column("delivery_id", String(128), nullable=False),
+    Column("source_sha256", String(64), nullable=False),
+)
+
+etl_deliveries = Table(  # ledger: one row per distinct file content ever loaded
+    "etl_deliveries",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("delivery_id", String(128), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("rows_loaded", Integer, nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("producer", String(128), nullable=False),
+    Column("loaded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
+
+etl_quarantine = Table(
+    "etl_quarantine",
+    metadata,
+    Column("delivery_id", String(128), primary_key=True),
+    Column("message_id", String(256), nullable=False),
+    Column("uri", Text, nullable=False),
+    Column("quarantined_uri", Text),
+    Column("reason", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+)
+
+# --- IoT alerting ------------------------------------------------------------------------------------------------
+iot_readings = Table(
+    "iot_readings",
+    metadata,
+    Column("message_id", String(256), primary_key=True),
+    Column("device_id", String(128), nullable=False),
+    Column("sensor", String(32), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+)
+
+iot_device_state = Table(
+    "iot_device_state",
+    metadata,
+    Column("device_id", String(128), primary_key=True),
+    Column("sensor", String(32), primary_key=True),
+    Column("alerting", Boolean, nullable=False),
+    Column("last_value", Float, nullable=False),
+    Column("last_ts", DateTime(timezone=True), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
+iot_alerts = Table(  # what was published, keyed on the dedup key the alert carries
+    "iot_alerts",
+    metadata,
+    Column("dedup_key", String(256), primary_key=True),
+    Column("device_id", String(128), nullable=False),
+    Column("sensor", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("message_id", String(256), nullable=False),
+)
+
+# --- inference ---------------------------------------------------------------------------------------------------
+predictions = Table(
+    "inference_predictions",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("message_id", String(256), nullable=False),
+    Column("label", String(32), nullable=False),
+    Column("probability", Float, nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("predicted_at", DateTime(timezone=True), nullable=False),
+    Column("submitted_at", DateTime(timezone=True)),
+)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the project's tables if they are missing (idempotent; safe from concurrent tasks)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def configure_sqlite(engine: Engine) -> Engine:
+    """WAL + a generous busy timeout so overlapping runs and mapped tasks wait for the lock instead of failing."""
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+    return engine
+
+
+def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert rows, skipping any whose primary key exists; return how many were new."""
+    if not rows:
+        return 0
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    result = conn.execute(insert(table).on_conflict_do_nothing(), list(rows))
+    return max(result.rowcount, 0)
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert rows, replacing the non-key columns of rows whose primary key exists."""
+    if not rows:
+        return
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates), list(rows))
+
+
+def record_dead_letters(conn: Connection, pipeline: str, letters: Iterable[Mapping[str, Any]]) -> int:
+    """Keep each poison message once per pipeline with its reason and original body."""
+    rows = [{"pipeline": pipeline, "recorded_at": utcnow(), **letter} for letter in letters]
+    return insert_ignore(conn, dead_letters, rows)

@@ -1,0 +1,175 @@
+"""One envelope for every message a pipeline receives, whatever the broker.
+
+The watcher's trigger turns broker messages into asset-event payloads; the scheduler coalesces every event
+queued since the last run into one DAG run. ``envelopes_from_asset_events`` reads *all* of them (every event,
+every message of an SQS ``message_batch``), drops redeliveries of the same message, and keeps the newest SQS
+receipt handle (the only one SQS accepts for a delete).
+
+``decode`` turns an envelope into a pydantic model or raises ``PoisonMessage`` naming the message id and the
+reason, so that a bad message is dead-lettered instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+MAX_BODY_BYTES = 256 * 1024  # SQS's own limit; larger Kafka records are refused the same way.
+
+Source = Literal["sqs", "kafka", "manual"]
+M = TypeVar("M", bound=BaseModel)
+
+
+class Envelope(BaseModel):
+    """A received message: identity, raw body and what is needed to acknowledge it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Source
+    message_id: str
+    body: str | None = None
+    body_b64: str | None = None  # set instead of ``body`` when the bytes are not valid UTF-8
+    receipt_handle: str | None = None  # SQS: needed to delete the message once its effect is durable
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    broker_timestamp_ms: int | None = None
+
+    @classmethod
+    def from_sqs(cls, message: Mapping[str, Any]) -> Envelope:
+        return cls(
+            source="sqs",
+            message_id=str(message["MessageId"]),
+            body=message.get("Body"),
+            receipt_handle=message.get("ReceiptHandle"),
+        )
+
+
+class PoisonMessage(ValueError):
+    """A message that can never be processed: it goes to the dead letters, with its reason."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        super().__init__(f"message {message_id}: {reason}")
+        self.message_id = message_id
+        self.reason = reason
+
+
+def kafka_message_to_event(message: Any) -> dict[str, Any]:
+    """``apply_function`` for the Kafka watcher: the whole record as a JSON-safe event payload.
+
+    It never returns a falsy value: ``AwaitMessageTrigger`` would otherwise commit past the record and sleep
+    ``poll_interval``, dropping it silently. Validation happens in the DAG, where a bad record is dead-lettered
+    with its reason and is visible in the task log.
+    """
+    value: bytes | None = message.value()
+    body: str | None = None
+    body_b64: str | None = None
+    if value is not None:
+        try:
+            body = value.decode("utf-8")
+        except UnicodeDecodeError:
+            body_b64 = base64.b64encode(value).decode("ascii")
+    raw_key = message.key()
+    key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key
+    _, timestamp_ms = message.timestamp()
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    return Envelope(
+        source="kafka",
+        message_id=f"{topic}/{partition}/{offset}",
+        body=body,
+        body_b64=body_b64,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        broker_timestamp_ms=timestamp_ms if timestamp_ms and timestamp_ms > 0 else None,
+    ).model_dump(exclude_none=True)
+
+
+def _payload_envelopes(payload: Any) -> list[Envelope]:
+    if isinstance(payload, Mapping) and "message_batch" in payload:  # SqsSensorTrigger
+        return [Envelope.from_sqs(m) for m in payload["message_batch"]]
+    if isinstance(payload, Mapping) and payload.get("source") == "kafka":  # kafka_message_to_event
+        return [Envelope.model_validate(payload)]
+    raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {payload!r:.200}")
+
+
+def envelopes_from_asset_events(events: Iterable[Any]) -> list[Envelope]:
+    """Every message carried by the run's triggering asset events, in arrival order, each message once.
+
+    ``events`` are ``AssetEventDagRunReference`` objects (anything with ``.extra``) or plain ``extra`` dicts.
+    A message seen twice (redelivered after its visibility timeout) keeps its first position and its *last*
+    receipt handle.
+    """
+    by_id: dict[str, Envelope] = {}
+    for event in events:
+        extra = event if isinstance(event, Mapping) else event.extra
+        if not extra or "payload" not in extra:
+            continue  # an asset event not emitted by a watcher (e.g. a manual asset event) carries no message
+        for envelope in _payload_envelopes(extra["payload"]):
+            by_id[envelope.message_id] = envelope  # dict keeps the first insertion position
+    return list(by_id.values())
+
+
+def envelopes_from_conf(run_id: str, messages: Sequence[Any]) -> list[Envelope]:
+    """Messages given by hand in a manual run's conf (``{"messages": [...]}``), e.g. to replay a dead letter."""
+    return [
+        Envelope(
+            source="manual",
+            message_id=f"manual:{run_id}:{i}",
+            body=m if isinstance(m, str) else json.dumps(m),
+        )
+        for i, m in enumerate(messages)
+    ]
+
+
+def raw_bytes(envelope: Envelope) -> bytes:
+    """The message body as the broker delivered it."""
+    if envelope.body_b64 is not None:
+        return base64.b64decode(envelope.body_b64)
+    return (envelope.body or "").encode("utf-8")
+
+
+def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:
+    """A ``dead_letters`` row: the source message id, the reason and the original body (base64 if not UTF-8)."""
+    body = envelope.body if envelope.body_b64 is None else envelope.body_b64
+    return {"message_id": envelope.message_id, "source": envelope.source, "reason": reason, "body": body}
+
+
+def decode(envelope: Envelope, model: type[M]) -> M:
+    """Parse and validate a message body, or raise ``PoisonMessage`` with a reason a person can act on."""
+    mid = envelope.message_id
+    if envelope.body_b64 is not None:
+        raise PoisonMessage(mid, "body is not valid UTF-8")
+    body = envelope.body or ""
+    if not body.strip():
+        raise PoisonMessage(mid, "empty body")
+    size = len(body.encode("utf-8"))
+    if size > MAX_BODY_BYTES:
+        raise PoisonMessage(mid, f"body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise PoisonMessage(mid, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise PoisonMessage(mid, f"body is JSON {type(data).__name__}, expected an object")
+    try:
+        # JSON mode: strict models still accept ISO-8601 strings for datetimes, but not "12" for 12.
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise PoisonMessage(mid, f"does not match {model.__name__}: {validation_summary(exc)}") from None
+
+
+def validation_summary(exc: ValidationError) -> str:
+    """``field: problem; field: problem`` from a pydantic error, short enough for a log line or a header."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,0 +1,32 @@
+"""Shared test setup: Airflow points at this project's dags/ and a throwaway AIRFLOW_HOME (unless already set,
+as under ``astro dev pytest``), and the project root is importable (``include.*``, ``devstack.*``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+
+_REPORT: list[str] = []
+
+
+def add_report_line(line: str) -> None:
+    """Lines printed in pytest's terminal summary (e.g. measured DAG import times)."""
+    _REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature
+    if _REPORT:
+        terminalreporter.section("project report")
+        for line in _REPORT:
+            terminalreporter.write_line(line)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from include.event_pipelines.messages import (
+    MAX_BODY_BYTES,
+    Envelope,
+    PoisonMessage,
+    decode,
+    envelopes_from_asset_events,
+    envelopes_from_conf,
+    kafka_message_to_event,
+    raw_bytes,
+)
+
+
+class Record:
+    """A stand-in for a confluent_kafka.Message (a plain value object; no broker involved)."""
+
+    def __init__(self, value: bytes | None, offset: int = 7, key: bytes | None = b"pump-1") -> None:
+        self._value, self._offset, self._key = value, offset, key
+
+    def value(self): return self._value
+    def key(self): return self._key
+    def topic(self): return "iot-readings"
+    def partition(self): return 2
+    def offset(self): return self._offset
+    def timestamp(self): return (1, 1_764_000_000_000)
+
+
+class Thing(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    n: int
+    name: str
+
+
+def sqs_event(*messages: tuple[str, str, str]) -> dict:
+    return {"from_trigger": True, "payload": {"status": "success", "message_batch": [
+        {"MessageId": mid, "ReceiptHandle": rh, "Body": body, "MD5OfBody": "x"} for mid, rh, body in messages]}}
+
+
+def test_kafka_apply_function_keeps_identity_and_body() -> None:
+    event = kafka_message_to_event(Record(b'{"a": 1}'))
+    assert event["message_id"] == "iot-readings/2/7"
+    assert (event["topic"], event["partition"], event["offset"], event["key"]) == ("iot-readings", 2, 7, "pump-1")
+    assert event["body"] == '{"a": 1}' and event["broker_timestamp_ms"] == 1_764_000_000_000
+    json.dumps(event)  # must be storable as an asset-event extra
+
+
+@pytest.mark.parametrize("value", [b"\xff\xfe not utf-8", b"", None])
+def test_kafka_apply_function_never_drops_a_record(value: bytes | None) -> None:
+    event = kafka_message_to_event(Record(value))
+    assert event, "a falsy return makes AwaitMessageTrigger commit past the record and drop it"
+    env = Envelope.model_validate(event)
+    assert raw_bytes(env) == (value or b"")
+
+
+def test_all_coalesced_events_and_every_batch_message_are_read() -> None:
+    events = [
+        sqs_event(("m1", "rh1", "a"), ("m2", "rh2", "b")),
+        {"from_trigger": False},  # an asset event not emitted by a watcher: no payload, no message
+        sqs_event(("m3", "rh3", "c"), ("m1", "rh1-new", "a")),  # m1 redelivered after its visibility timeout
+        {"payload": kafka_message_to_event(Record(b"k"))},
+    ]
+    envs = envelopes_from_asset_events(events)
+    assert [e.message_id for e in envs] == ["m1", "m2", "m3", "iot-readings/2/7"]
+    assert envs[0].receipt_handle == "rh1-new", "only the newest receipt handle can delete the message"
+
+
+def test_unknown_payload_is_an_error_not_a_silent_skip() -> None:
+    with pytest.raises(ValueError, match="unrecognised trigger payload"):
+        envelopes_from_asset_events([{"payload": {"something": "else"}}])
+
+
+def test_manual_run_messages() -> None:
+    envs = envelopes_from_conf("manual__1", [{"n": 1, "name": "x"}, "raw"])
+    assert [e.message_id for e in envs] == ["manual:manual__1:0", "manual:manual__1:1"]
+    assert decode(envs[0], Thing) == Thing(n=1, name="x")
+
+
+@pytest.mark.parametrize(
+    ("body", "b64", "reason"),
+    [
+        ("", None, "empty body"),
+        ("   ", None, "empty body"),
+        (None, "//79", "not valid UTF-8"),
+        ("{not json", None, "not JSON"),
+        ("[1, 2]", None, "expected an object"),
+        ('{"n": 1}', None, "name: Field required"),
+        ('{"n": "1", "name": "x"}', None, "n: Input should be a valid integer"),
+        ('{"n": 1, "name": "x", "extra": true}', None, "extra: Extra inputs are not permitted"),
+        ("x" * (MAX_BODY_BYTES + 1), None, "over the 262144-byte limit"),
+    ],
+)
+def test_poison_messages_get_a_reason_naming_the_message(body: str | None, b64: str | None, reason: str) -> None:
+    env = Envelope(source="sqs", message_id="msg-42", body=body, body_b64=b64)
+    with pytest.raises(PoisonMessage) as info:
+        decode(env, Thing)
+    assert info.value.message_id == "msg-42" and reason in info.value.reason
+    assert str(info.value).startswith("message msg-42: ")

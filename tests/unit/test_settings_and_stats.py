@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airflow.models import Connection
+
+from devstack.settings import connection_env
+from include.event_pipelines.messages import Envelope
+from include.event_pipelines.runstats import summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_native_runner_reuses_airflow_settings_overriding_only_hosts(tmp_path: Path) -> None:
+    env = connection_env(ROOT / "airflow_settings.yaml", sqlite_path=tmp_path / "events.db")
+    conns = {k: Connection.from_json(v, conn_id=k) for k, v in env.items()}
+    assert set(env) == {"AIRFLOW_CONN_AWS_DEFAULT", "AIRFLOW_CONN_KAFKA_DEFAULT", "AIRFLOW_CONN_EVENTS_DB",
+                        "AIRFLOW_CONN_INFERENCE_ENDPOINT"}
+    aws = conns["AIRFLOW_CONN_AWS_DEFAULT"].extra_dejson
+    assert aws == {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:9324"}
+    kafka = conns["AIRFLOW_CONN_KAFKA_DEFAULT"].extra_dejson
+    assert kafka["bootstrap.servers"] == "127.0.0.1:9092" and kafka["enable.auto.commit"] is False
+    assert kafka["group.id"] == "event-driven-airflow"
+    db = conns["AIRFLOW_CONN_EVENTS_DB"]
+    assert (db.conn_type, db.host) == ("sqlite", str(tmp_path / "events.db"))
+
+
+def test_run_stats_use_the_producer_timestamp() -> None:
+    start = datetime(2026, 11, 24, 8, 0, 10, tzinfo=timezone.utc)
+    envs = [
+        Envelope(source="kafka", message_id="t/0/1", body="{}", broker_timestamp_ms=int(start.timestamp() * 1000) - 4000),
+        Envelope(source="sqs", message_id="a", body=json.dumps({"submitted_at": "2026-11-24T08:00:09Z"})),
+        Envelope(source="sqs", message_id="b", body=json.dumps({"submitted_at": "2026-11-24T08:00:00Z"})),
+        Envelope(source="sqs", message_id="c", body="not json"),
+        Envelope(source="manual", message_id="m", body=json.dumps({"submitted_at": "2026-11-23T00:00:00Z"})),
+    ]
+    assert summarize(start, envs, "submitted_at") == {"messages": 5, "wait_p50_s": 4.0, "wait_max_s": 10.0}
+    assert summarize(start, [], "submitted_at") == {"messages": 0, "wait_p50_s": None, "wait_max_s": None}
