@@ -8,6 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -20,9 +22,13 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 _REPORT: list[str] = []
 
 
-def add_report_line(line: str) -> None:
-    """Lines printed in pytest's terminal summary (e.g. measured DAG import times)."""
-    _REPORT.append(line)
+@pytest.fixture(scope="session")
+def report_line():
+    """Append a line to pytest's terminal summary (measured figures such as DAG import times).
+
+    A fixture, because ``import tests.conftest`` from a test module would load a second copy of this module
+    whose list pytest never prints."""
+    return _REPORT.append
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001 - pytest hook signature

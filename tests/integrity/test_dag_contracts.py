@@ -15,7 +15,8 @@ from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTr
 from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 
 from include.event_pipelines import config
-from tests.conftest import ROOT, add_report_line
+
+ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED = {
     # dag_id: (file, trigger class the MessageQueueTrigger resolves to, max_active_runs must be)
@@ -110,12 +111,12 @@ t = time.perf_counter(); runpy.run_path(sys.argv[1]); print(time.perf_counter() 
 
 
 @pytest.mark.parametrize("file", sorted(p.name for p in (ROOT / "dags").glob("*.py")))
-def test_dag_file_import_time_is_measured(file: str) -> None:
+def test_dag_file_import_time_is_measured(file: str, report_line) -> None:
     """Each DAG file imported in a fresh interpreter; the time is reported in the summary (targets: `make bench`)."""
     out = subprocess.run(
         [sys.executable, "-c", IMPORT_TIMER, str(ROOT / "dags" / file)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     seconds = float(out.stdout.strip().splitlines()[-1])
-    add_report_line(f"DAG import time {file:<28} {seconds * 1000:7.1f} ms (fresh interpreter, Airflow pre-imported)")
+    report_line(f"DAG import time {file:<28} {seconds * 1000:7.1f} ms (fresh interpreter, Airflow pre-imported)")
     assert seconds > 0
