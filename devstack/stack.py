@@ -1,0 +1,252 @@
+"""The native local stack: real Kafka and ElasticMQ (``devstack.brokers``) and real Airflow processes.
+
+    python -m devstack.stack up       # brokers + scheduler, dag-processor, triggerer, api-server; DAGs unpaused
+    python -m devstack.stack down     # stops everything it started, by PID, whatever state it is in
+    python -m devstack.stack status
+
+Each Airflow component is its own process in its own session (so ``down`` signals the whole group: LocalExecutor
+workers, ``serve-logs``, API workers), with a PID file and a log in ``.devstack/run``. Every process carries
+``DEVSTACK_PROCESS_OF`` in its environment; ``down`` finishes with a sweep of any process still carrying it, so an
+orphan (e.g. ``serve-logs`` of a triggerer that was ``kill -9``-ed) cannot survive. ``airflow standalone`` is not
+used: SIGTERM orphans its children and it does not restart a dead triggerer.
+
+Connections come from ``airflow_settings.yaml`` with only the hosts overridden (``devstack.settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from devstack import brokers
+from devstack.settings import connection_env
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("DEVSTACK_HOME", ROOT / ".devstack")).resolve()
+RUN = STATE / "run"
+CACHE = STATE / "cache"
+AIRFLOW_HOME = STATE / "airflow"
+DATA = STATE / "data"
+API_PORT = int(os.environ.get("DEVSTACK_API_PORT", "8080"))
+COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+DAG_IDS = ("data_delivery_etl", "iot_alerting", "inference_execution")
+SQS_ENDPOINT = f"http://{brokers.HOST}:{brokers.SQS_PORT}"
+KAFKA_BOOTSTRAP = f"{brokers.HOST}:{brokers.KAFKA_PORT}"
+
+
+# Set only in the environment of the processes this stack starts (never read from the caller's environment),
+# so the final sweep of ``down`` can find their orphans without touching anything else.
+MARKER = "DEVSTACK_PROCESS_OF"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _secret() -> str:
+    """One JWT secret shared by every component of this stack (the execution API checks task tokens with it)."""
+    path = STATE / "jwt_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def airflow_env() -> dict[str, str]:
+    """The environment of every Airflow process of the native stack (and of the publisher and the tests)."""
+    env = dict(os.environ)
+    env.update(connection_env(ROOT / "airflow_settings.yaml", sqlite_path=DATA / "events.db"))
+    env.update(
+        {
+            MARKER: str(STATE),
+            "PYTHONPATH": str(ROOT),
+            "AIRFLOW_HOME": str(AIRFLOW_HOME),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor starts `parallelism` workers: 32 by default, far too many for 2 cores.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{API_PORT}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(),
+            "AIRFLOW__API__PORT": str(API_PORT),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+            "SQS_QUEUE_URL_PREFIX": f"{SQS_ENDPOINT}/000000000000",
+            "QUARANTINE_URI": (DATA / "quarantine").as_uri(),
+            "LANDING_DIR": str(DATA / "landing"),
+            "SQS_ENDPOINT_URL": SQS_ENDPOINT,
+            "KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
+        }
+    )
+    return env
+
+
+def _airflow() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def _pid_file(name: str) -> Path:
+    return RUN / f"airflow-{name}.pid"
+
+
+def start_component(name: str, env: dict[str, str]) -> int:
+    """Start one Airflow component detached, unless it already runs; returns its PID."""
+    pid = brokers.running_pid(_pid_file(name))
+    if pid is not None:
+        return pid
+    cmd = [_airflow(), name] + (["--port", str(API_PORT)] if name == "api-server" else [])
+    log = (RUN / f"airflow-{name}.log").open("ab")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _pid_file(name).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_component(name: str, timeout: float = 30) -> None:
+    brokers.stop_pid(_pid_file(name), timeout)
+
+
+def airflow_db(env: dict[str, str]) -> Any:
+    from sqlalchemy import create_engine
+
+    return create_engine(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+
+
+def watcher_status(env: dict[str, str]) -> dict[str, Any]:
+    """Which DAGs exist and are unpaused, and how many watcher triggers a triggerer has picked up."""
+    from sqlalchemy import text
+
+    with airflow_db(env).connect() as conn:
+        dags = dict(conn.execute(text("SELECT dag_id, is_paused FROM dag WHERE is_stale = 0")).all())
+        running = conn.execute(
+            text(
+                "SELECT COUNT(*) FROM asset_watcher w JOIN \"trigger\" t ON t.id = w.trigger_id"
+                " WHERE t.triggerer_id IS NOT NULL"
+            )
+        ).scalar_one()
+    return {"dags": dags, "watchers_running": running}
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # the DB may not have the tables yet
+            last = exc
+        time.sleep(interval)
+    raise StackError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def up(timeout: float = 240) -> dict[str, str]:
+    """Start brokers and Airflow, unpause the DAGs, and wait until every watcher runs in the triggerer."""
+    for d in (RUN, CACHE, AIRFLOW_HOME, DATA / "landing", DATA / "quarantine"):
+        d.mkdir(parents=True, exist_ok=True)
+    endpoints = brokers.up(CACHE, RUN)
+    env = airflow_env()
+    subprocess.run([_airflow(), "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    for name in COMPONENTS:
+        start_component(name, env)
+    try:
+        brokers.wait_for_port("127.0.0.1", API_PORT, timeout, pid=brokers.running_pid(_pid_file("api-server")))
+        wait_until(lambda: set(DAG_IDS) <= set(watcher_status(env)["dags"]), timeout, "the DAGs to be parsed")
+        paused = [d for d, p in watcher_status(env)["dags"].items() if p and d in DAG_IDS]
+        for dag_id in paused:
+            subprocess.run([_airflow(), "dags", "unpause", dag_id], cwd=ROOT, env=env, check=True, capture_output=True)
+        wait_until(lambda: watcher_status(env)["watchers_running"] >= len(DAG_IDS), timeout,
+                   "every asset watcher to run in the triggerer")
+    except BaseException:
+        _print_logs()
+        raise
+    endpoints.update({"airflow_ui": f"http://127.0.0.1:{API_PORT}", "airflow_home": str(AIRFLOW_HOME),
+                      "events_db": str(DATA / "events.db"), "logs": str(RUN)})
+    return endpoints
+
+
+def _print_logs(lines: int = 30) -> None:
+    for name in COMPONENTS:
+        print(f"--- {RUN / f'airflow-{name}.log'} (tail) ---\n{brokers.log_tail(RUN / f'airflow-{name}.log', lines)}",
+              file=sys.stderr)
+
+
+def _marked_pids() -> list[int]:
+    """PIDs of processes (other than this one) whose environment carries this stack's marker."""
+    marker = f"{MARKER}={STATE}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def down(timeout: float = 30) -> list[int]:
+    """Stop Airflow (API server last), then the brokers, then anything left that carries the marker."""
+    for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+        stop_component(name, timeout)
+    brokers.down(RUN)
+    leftovers = _marked_pids()
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leftovers
+
+
+def status() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in COMPONENTS:
+        out[name] = brokers.running_pid(_pid_file(name))
+    for name in ("kafka", "elasticmq"):
+        out[name] = brokers.running_pid(RUN / f"{name}.pid")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        started = time.monotonic()
+        endpoints = up()
+        print(f"stack up in {time.monotonic() - started:.0f}s")
+        for key, value in endpoints.items():
+            print(f"  {key:<13} {value}")
+        print(f"  sqs queues    {SQS_ENDPOINT}/000000000000/<queue>   (UI of queue stats: http://127.0.0.1:9325)")
+        print("  stop with    make down")
+    elif args.command == "down":
+        leftovers = down()
+        print("stack down" + (f" (killed {len(leftovers)} leftover process(es): {leftovers})" if leftovers else ""))
+    elif args.command == "status":
+        print(json.dumps(status(), indent=2))
+        return 0 if all(status().values()) else 3
+    else:
+        env = airflow_env()
+        for key in sorted(k for k in env if k.startswith(("AIRFLOW", "SQS_", "KAFKA_", "LANDING", "QUARANTINE"))):
+            print(f"export {key}={json.dumps(env[key])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

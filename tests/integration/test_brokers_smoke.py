@@ -1,0 +1,203 @@
+"""Smoke test of the native brokers: a real Kafka (KRaft) and a real ElasticMQ, started by ``devstack.brokers``.
+
+Both run on free ports of their own (never 9092/9324, so a running ``make up`` stack is left alone) from a
+throwaway data dir; the jars come from ``.devstack/cache`` (fetched once by ``devstack.brokers.install``).
+ElasticMQ runs ``devstack/elasticmq.conf`` itself with a few keys appended (ports, loopback binding, no stats
+endpoint, no persistence, ``maxReceiveCount = 2`` on ``data-deliveries`` so the redrive check is quick).
+
+Needs ``java`` (17+) and ``mvn``: without them the test is skipped, and fails under CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from devstack import brokers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MAX_RECEIVE_COUNT = 2  # in the test's ElasticMQ conf; devstack/elasticmq.conf itself says 5
+CACHE_DIR = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache"))
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the native broker smoke test", pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _test_conf(path: Path, port: int) -> Path:
+    """The project's ElasticMQ conf with the test's overrides appended (later HOCON keys win, objects merge)."""
+    base = (ROOT / "devstack" / "elasticmq.conf").read_text()
+    path.write_text(
+        base
+        + f"""
+# ---- overrides of tests/integration/test_brokers_smoke.py
+node-address {{ host = "*", port = {port} }}
+rest-sqs {{ enabled = true, bind-port = {port}, bind-hostname = "127.0.0.1" }}
+rest-stats.enabled = false
+messages-storage.enabled = false
+queues-storage.enabled = false
+queues {{
+  data-deliveries {{ deadLettersQueue {{ name = "data-deliveries-dlq", maxReceiveCount = {MAX_RECEIVE_COUNT} }} }}
+  data-deliveries-dlq {{}}
+}}
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, report_line):
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            _missing(f"`{tool}` is not installed")
+    for module in ("confluent_kafka", "boto3"):
+        try:
+            __import__(module)
+        except ImportError:
+            _missing(f"python package {module} is not installed")
+
+    data = tmp_path_factory.mktemp("brokers")
+    kafka_port, controller_port, sqs_port = _free_port(), _free_port(), _free_port()
+    conf = _test_conf(data / "elasticmq-test.conf", sqs_port)
+    bootstrap, endpoint = f"127.0.0.1:{kafka_port}", f"http://127.0.0.1:{sqs_port}"
+
+    t0 = time.monotonic()
+    brokers.install(CACHE_DIR)
+    t_install = time.monotonic() - t0
+    try:
+        t0 = time.monotonic()
+        kafka_pid = brokers.start_kafka(CACHE_DIR, data, kafka_port, controller_port)
+        sqs_pid = brokers.start_elasticmq(CACHE_DIR, data, conf, sqs_port)
+        try:
+            brokers.wait_kafka_ready(bootstrap, 120)
+            t_kafka = time.monotonic() - t0
+            brokers.wait_sqs_ready(endpoint, 120, brokers.elasticmq_queue_names(conf))
+            t_sqs = time.monotonic() - t0
+        except brokers.BrokerError as exc:
+            pytest.fail(
+                f"{exc}\n--- kafka.log ---\n{brokers.log_tail(data / 'kafka.log')}"
+                f"\n--- elasticmq.log ---\n{brokers.log_tail(data / 'elasticmq.log')}",
+                pytrace=False,
+            )
+        report_line(
+            f"native brokers: install {t_install:.1f}s; ready after start (both launched together): "
+            f"kafka {t_kafka:.1f}s, elasticmq {t_sqs:.1f}s; RSS kafka {brokers.rss_kib(kafka_pid) // 1024} MiB, "
+            f"elasticmq {brokers.rss_kib(sqs_pid) // 1024} MiB",
+        )
+        yield {"bootstrap": bootstrap, "sqs": endpoint, "data": data}
+    finally:
+        brokers.stop_pid(data / "elasticmq.pid")
+        brokers.stop_pid(data / "kafka.pid")
+    assert brokers.running_pid(data / "kafka.pid") is None
+    assert brokers.running_pid(data / "elasticmq.pid") is None
+
+
+def test_kafka_topics_and_round_trip(stack):
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap = stack["bootstrap"]
+    # The project's topics, created idempotently: a second call creates nothing and raises nothing.
+    assert sorted(brokers.create_topics(bootstrap, brokers.TOPICS)) == sorted(brokers.TOPICS)
+    assert brokers.create_topics(bootstrap, brokers.TOPICS) == []
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    assert {t: len(md.topics[t].partitions) for t in brokers.TOPICS} == brokers.TOPICS
+
+    topic = f"smoke-{uuid.uuid4().hex[:8]}"
+    brokers.create_topics(bootstrap, {topic: 3})
+    sent = {f"key-{i}": f"value-{i}-{uuid.uuid4().hex}" for i in range(10)}
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    errors: list = []
+    for key, value in sent.items():
+        producer.produce(topic, key=key, value=value, on_delivery=lambda err, _msg: err and errors.append(err))
+    assert producer.flush(30) == 0
+    assert errors == []
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"smoke-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    received: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while len(received) < len(sent) and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            assert msg.key().decode() not in received, "message delivered twice"
+            received[msg.key().decode()] = msg.value().decode()
+        extra = consumer.poll(2.0)  # nothing beyond the 10
+        assert extra is None or extra.error() is not None
+    finally:
+        consumer.close()
+    assert received == sent
+
+
+def test_sqs_visibility_timeout_and_redrive(stack):
+    import boto3
+
+    sqs = boto3.client(
+        "sqs", endpoint_url=stack["sqs"], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    queue = sqs.get_queue_url(QueueName="data-deliveries")["QueueUrl"]
+    dlq = sqs.get_queue_url(QueueName="data-deliveries-dlq")["QueueUrl"]
+    bodies = {f"delivery-{i}-{uuid.uuid4().hex}" for i in range(3)}
+    for body in bodies:
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+
+    def receive(url: str, want: int, wait: float = 5.0) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + wait
+        while len(got) < want and time.monotonic() < deadline:
+            got += sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=1,
+                WaitTimeSeconds=1,
+                AttributeNames=["ApproximateReceiveCount"],
+            ).get("Messages", [])
+        return got
+
+    first = receive(queue, 3)
+    assert {m["Body"] for m in first} == bodies
+    # Not deleted and still inside their 1 s visibility timeout: nobody else gets them.
+    assert sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", []) == []
+    time.sleep(2)
+    second = receive(queue, 3)
+    assert {m["Body"] for m in second} == bodies
+    assert {m["MessageId"] for m in second} == {m["MessageId"] for m in first}
+    assert {m["Attributes"]["ApproximateReceiveCount"] for m in second} == {"2"}
+
+    # Received MAX_RECEIVE_COUNT times without a delete: the next receive moves them to the DLQ.
+    receives = 2
+    while receives < MAX_RECEIVE_COUNT:
+        time.sleep(1.5)
+        assert len(receive(queue, 3)) == 3
+        receives += 1
+    time.sleep(1.5)
+    assert receive(queue, 1, wait=3) == []
+    moved = receive(dlq, 3)
+    assert {m["Body"] for m in moved} == bodies
+    for m in moved:
+        sqs.delete_message(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"])
