@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-unit model clean
+.PHONY: venv test test-unit model up down demo status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -34,5 +34,20 @@ test-unit: venv
 model: venv
 	$(PYTHON) -m include.event_pipelines.inference.train --version v1
 
-clean:
+## up: real Kafka + ElasticMQ + Airflow (scheduler, dag-processor, triggerer, api-server), DAGs unpaused; stays up
+up: venv
+	$(PYTHON) -m devstack.stack up
+
+## down: stop everything `make up` / `make demo` started, by PID, whatever state it is in
+down:
+	@if [ -x $(PYTHON) ]; then $(PYTHON) -m devstack.stack down; else echo "nothing to stop (no venv)"; fi
+
+## demo: `make up`, publish sample events to all three pipelines, wait, print a summary; non-zero if anything is missing
+demo: up
+	$(PYTHON) -m devstack.demo
+
+status: venv
+	$(PYTHON) -m devstack.stack status
+
+clean: down
 	rm -rf $(STATE)

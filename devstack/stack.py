@@ -32,7 +32,7 @@ from devstack.settings import connection_env
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DEVSTACK_HOME", ROOT / ".devstack")).resolve()
 RUN = STATE / "run"
-CACHE = STATE / "cache"
+CACHE = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache")).resolve()  # jars: shared by stacks
 AIRFLOW_HOME = STATE / "airflow"
 DATA = STATE / "data"
 API_PORT = int(os.environ.get("DEVSTACK_API_PORT", "8080"))
@@ -83,6 +83,7 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__API_AUTH__JWT_SECRET": _secret(),
             "AIRFLOW__API__PORT": str(API_PORT),
             "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "SQS_QUEUE_URL_PREFIX": f"{SQS_ENDPOINT}/000000000000",
@@ -225,7 +226,7 @@ def status() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "env-json"])
     args = parser.parse_args(argv)
     if args.command == "up":
         started = time.monotonic()
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         print(json.dumps(status(), indent=2))
         return 0 if all(status().values()) else 3
+    elif args.command == "env-json":
+        print(json.dumps({**airflow_env(), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN)}))
     else:
         env = airflow_env()
         for key in sorted(k for k in env if k.startswith(("AIRFLOW", "SQS_", "KAFKA_", "LANDING", "QUARANTINE"))):

@@ -1,0 +1,262 @@
+"""What the pipelines did with what the publisher sent: runs, task states, rows, alerts, replies, latency.
+
+Reads the publisher's records (``devstack.publish --record``: one JSON line per message with what it must
+produce), then looks at the real sinks: Airflow's metadata DB (asset events -> DAG runs -> task instances), the
+pipelines' database, the ``iot-alerts`` topic and the ``inference-replies`` queue. ``collect`` waits until every
+expected effect is there (or the deadline passes) and returns one report per pipeline; ``missing`` lists what
+never appeared.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, create_engine, select, text
+
+from include.event_pipelines import db
+from include.event_pipelines.messages import envelopes_from_asset_events
+
+DAG_OF = {"etl": "data_delivery_etl", "iot": "iot_alerting", "inference": "inference_execution"}
+
+
+@dataclass
+class Report:
+    pipeline: str
+    published: int = 0
+    runs: Counter = field(default_factory=Counter)
+    tasks: Counter = field(default_factory=Counter)
+    rows: int = 0
+    outputs: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        unfinished = {s: n for s, n in self.runs.items() if s != "success"}
+        return not self.missing and not unfinished and self.runs.total() > 0
+
+    def latency(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        values = sorted(self.latencies)
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def read_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    records = []
+    for path in paths:
+        records += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return records
+
+
+def _ts(value: Any) -> datetime:
+    return db.as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(str(value)))
+
+
+def message_runs(airflow: Engine, dag_id: str) -> dict[str, tuple[str, datetime | None, str]]:
+    """message id -> (run_id, run start, run state), from the asset events each run consumed."""
+    sql = text(
+        "SELECT e.extra, r.run_id, r.start_date, r.state FROM asset_event e"
+        " JOIN dagrun_asset_event a ON a.event_id = e.id JOIN dag_run r ON r.id = a.dag_run_id"
+        " WHERE r.dag_id = :dag_id"
+    )
+    out: dict[str, tuple[str, datetime | None, str]] = {}
+    with airflow.connect() as conn:
+        for extra, run_id, start, state in conn.execute(sql, {"dag_id": dag_id}):
+            extra = json.loads(extra) if isinstance(extra, str) else extra
+            for env in envelopes_from_asset_events([extra]):
+                out.setdefault(env.message_id, (run_id, _ts(start) if start else None, state))
+    return out
+
+
+def run_and_task_states(airflow: Engine, dag_id: str, run_ids: set[str]) -> tuple[Counter, Counter]:
+    if not run_ids:
+        return Counter(), Counter()
+    runs_sql = text("SELECT state FROM dag_run WHERE dag_id = :d AND run_id IN :r").bindparams(bindparam("r", expanding=True))
+    tis_sql = text("SELECT state FROM task_instance WHERE dag_id = :d AND run_id IN :r").bindparams(bindparam("r", expanding=True))
+    with airflow.connect() as conn:
+        runs = Counter(s for (s,) in conn.execute(runs_sql, {"d": dag_id, "r": sorted(run_ids)}))
+        tasks = Counter(str(s) for (s,) in conn.execute(tis_sql, {"d": dag_id, "r": sorted(run_ids)}))
+    return runs, tasks
+
+
+def _present(events: Engine, column: Any, values: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    with events.connect() as conn:
+        for start in range(0, len(values), 500):
+            found |= set(conn.execute(select(column).where(column.in_(values[start : start + 500]))).scalars())
+    return found
+
+
+def _dead_letters(events: Engine, pipeline: str) -> dict[str, str]:
+    t = db.dead_letters
+    with events.connect() as conn:
+        return dict(conn.execute(select(t.c.message_id, t.c.reason).where(t.c.pipeline == pipeline)).all())
+
+
+def _quarantine(events: Engine) -> dict[str, str]:
+    t = db.etl_quarantine
+    with events.connect() as conn:
+        return dict(conn.execute(select(t.c.delivery_id, t.c.reason)).all())
+
+
+def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
+    """Every alert for these devices on the alert topic, read from the beginning by a throwaway consumer group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"summary-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1] for p in parts}
+        consumer.assign(parts)
+        alerts, done, deadline = [], {p for p, end in ends.items() if end == 0}, time.monotonic() + timeout
+        while len(done) < len(parts) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            alert = json.loads(msg.value())
+            if alert.get("device_id") in device_ids:
+                alerts.append(alert)
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                done.add(msg.partition())
+        return alerts
+    finally:
+        consumer.close()
+
+
+def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1) -> None:
+    """Receive replies, keep (and delete) those whose correlation id is wanted; others are left for their owner."""
+    while True:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(wait),
+                                  VisibilityTimeout=30).get("Messages", [])
+        if not got:
+            return
+        for m in got:
+            reply = json.loads(m["Body"])
+            if reply.get("correlation_id") in wanted:
+                seen.setdefault(reply["correlation_id"], reply)
+                seen[reply["correlation_id"]].setdefault("_copies", 0)
+                seen[reply["correlation_id"]]["_copies"] += 1
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+            else:
+                sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+
+
+def collect(
+    records: Sequence[dict[str, Any]],
+    airflow_url: str,
+    events_url: str,
+    *,
+    bootstrap: str,
+    alerts_topic: str,
+    sqs: Any,
+    reply_queue_url: str,
+    timeout: float = 180,
+    on_progress: Any = None,
+) -> dict[str, Report]:
+    airflow, events = create_engine(airflow_url), db.configure_sqlite(create_engine(events_url))
+    db.ensure_schema(events)  # the pipelines create it on their first run; the summary may look before that
+    by_pipeline: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_pipeline.setdefault(r["pipeline"], []).append(r)
+    replies: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = {p: _report(p, recs, airflow, events, bootstrap, alerts_topic, sqs, reply_queue_url, replies)
+                   for p, recs in by_pipeline.items()}
+        if all(r.ok for r in reports.values()) or time.monotonic() > deadline:
+            return reports
+        if on_progress is not None:
+            on_progress(reports)
+        time.sleep(2)
+
+
+def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply_queue_url, replies) -> Report:
+    rep = Report(pipeline, published=len(recs))
+    runs = message_runs(airflow, DAG_OF[pipeline])
+    for r in recs:
+        run = runs.get(r["message_id"])
+        if run is None:
+            rep.missing.append(f"message {r['message_id']} is in no DAG run")
+        elif run[1] is not None:
+            rep.latencies.append((run[1] - _ts(r["published_at"])).total_seconds())
+    rep.runs, rep.tasks = run_and_task_states(airflow, DAG_OF[pipeline], {runs[r["message_id"]][0] for r in recs if r["message_id"] in runs})
+
+    good = [r for r in recs if not ({"dead_letter_reason_contains", "quarantine_reason_contains"} & set(r["expect"]))]
+    letters = _dead_letters(events, DAG_OF[pipeline])
+    for r in recs:
+        want = r["expect"].get("dead_letter_reason_contains")
+        if want is not None and want not in letters.get(r["message_id"], ""):
+            rep.missing.append(f"dead letter for {r['message_id']} with reason containing {want!r}")
+    rep.outputs["dead_lettered"] = sum(1 for r in recs if r["message_id"] in letters)
+
+    if pipeline == "etl":
+        quarantined = _quarantine(events)
+        for r in recs:
+            want = r["expect"].get("quarantine_reason_contains")
+            if want is not None and want not in quarantined.get(r["id"], ""):
+                rep.missing.append(f"quarantine of {r['id']} with reason containing {want!r}")
+        order_ids = [o for r in good for o in r["expect"]["orders"]]
+        found = _present(events, db.orders.c.order_id, order_ids)
+        rep.rows = len(found)
+        rep.outputs["quarantined"] = sum(1 for r in recs if r["id"] in quarantined)
+        if len(found) < len(order_ids):
+            rep.missing.append(f"{len(order_ids) - len(found)} of {len(order_ids)} orders not loaded")
+    elif pipeline == "iot":
+        ids = [r["message_id"] for r in good]
+        found = _present(events, db.iot_readings.c.message_id, ids)
+        rep.rows = len(found)
+        if len(found) < len(ids):
+            rep.missing.append(f"{len(ids) - len(found)} of {len(ids)} readings not stored")
+        expected = Counter(r["expect"]["transition"] for r in good if r["expect"].get("transition"))
+        devices = {json.loads(r["body"])["device_id"] for r in good if "body" in r} or {r["id"].rsplit("#", 1)[0] for r in good}
+        alerts = read_alerts(bootstrap, alerts_topic, devices)
+        distinct = {a["dedup_key"]: a["kind"] for a in alerts}
+        got = Counter(distinct.values())
+        rep.outputs.update({"alerts_raised": got["raised"], "alerts_cleared": got["cleared"],
+                            "alert_duplicates": len(alerts) - len(distinct)})
+        if got != expected:
+            rep.missing.append(f"alerts {dict(got)} != expected {dict(expected)}")
+    elif pipeline == "inference":
+        wanted = {r["expect"]["request_id"] for r in good}
+        found = _present(events, db.predictions.c.request_id, sorted(wanted))
+        rep.rows = len(found)
+        read_replies(sqs, reply_queue_url, wanted, replies)
+        rep.outputs["replies"] = len(wanted & set(replies))
+        rep.outputs["reply_duplicates"] = sum(replies[c]["_copies"] - 1 for c in wanted & set(replies))
+        if len(found) < len(wanted):
+            rep.missing.append(f"{len(wanted) - len(found)} of {len(wanted)} predictions not stored")
+        if wanted - set(replies):
+            rep.missing.append(f"{len(wanted - set(replies))} of {len(wanted)} replies not received")
+    return rep
+
+
+def render(reports: dict[str, Report]) -> str:
+    lines = [f"{'pipeline':<10} {'sent':>5} {'runs':>5} {'run states':<22} {'task states':<32} {'rows':>5} "
+             f"{'outputs':<46} {'p50 s':>6} {'p95 s':>6}  result"]
+    for p, r in reports.items():
+        fmt = lambda v: f"{v:6.2f}" if v is not None else "     -"  # noqa: E731
+        outputs = ", ".join(f"{k}={v}" for k, v in r.outputs.items())
+        lines.append(
+            f"{p:<10} {r.published:>5} {r.runs.total():>5} {json.dumps(dict(r.runs)):<22} {json.dumps(dict(r.tasks)):<32} "
+            f"{r.rows:>5} {outputs:<46} {fmt(r.latency(0.5))} {fmt(r.latency(0.95))}  {'OK' if r.ok else 'MISSING'}"
+        )
+        lines += [f"    missing: {m}" for m in r.missing[:10]]
+    return "\n".join(lines)
+
+
+def statistics_of(reports: dict[str, Report]) -> dict[str, Any]:
+    return {p: {"published": r.published, "runs": dict(r.runs), "tasks": dict(r.tasks), "rows": r.rows,
+                **r.outputs, "p50_s": r.latency(0.5), "p95_s": r.latency(0.95),
+                "mean_s": statistics.fmean(r.latencies) if r.latencies else None, "ok": r.ok} for p, r in reports.items()}
