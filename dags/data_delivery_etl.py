@@ -9,9 +9,10 @@ with a ledger row keyed on the file's SHA-256**, so the same file delivered twic
 moved to the quarantine location with a `.reason.json` and an `etl_quarantine` row; a bad message is kept in
 `dead_letters` with its reason. Loaded tables update the `events_db.orders` asset for downstream DAGs.
 
-Delivery: messages are received **without deletion**, stay invisible for `SQS_VISIBILITY_TIMEOUT` seconds, and
-each is deleted by receipt handle only after its load/quarantine is committed. A run that dies leaves its
-messages to reappear; the queue's redrive policy sends a message that keeps failing to `data-deliveries-dlq`.
+Delivery: messages are received **without deletion**; the run keeps them invisible for `SQS_VISIBILITY_TIMEOUT`
+seconds and deletes each by receipt handle only after its load/quarantine is committed (a bad message first goes
+to `data-deliveries-dlq` with its reason). A run that dies leaves its messages to reappear; the queue's redrive
+policy sends a message that keeps failing to `data-deliveries-dlq`.
 
 Example message (schema: `include/event_pipelines/etl/schemas.py:DeliveryNotice`):
 
@@ -25,26 +26,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config
+from include.event_pipelines import airflow_io, config, watchers
 from include.event_pipelines.etl import pipeline as etl
 
 QUEUE_URL = config.sqs_queue_url(config.DELIVERY_QUEUE)
+DLQ_URL = config.sqs_queue_url(config.DELIVERY_DLQ)
 
-delivery_trigger = MessageQueueTrigger(
-    scheme="sqs",
-    sqs_queue=QUEUE_URL,
-    aws_conn_id=config.AWS_CONN_ID,
-    max_messages=config.SQS_MAX_MESSAGES,
-    wait_time_seconds=config.SQS_WAIT_TIME_SECONDS,  # long poll ...
-    waiter_delay=0,  # ... instead of the provider's 60 s sleep after an empty poll
-    visibility_timeout=config.SQS_VISIBILITY_TIMEOUT,
-    delete_message_on_reception=False,  # deleted by the run, once the effect is durable
-)
+# Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
+# WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
+# README "Delivery guarantees".
+delivery_trigger = watchers.sqs_watcher_trigger(QUEUE_URL)
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
 )
@@ -64,7 +59,7 @@ def data_delivery_etl() -> None:
     @task
     def collect_messages(**context: Any) -> list[dict[str, Any]]:
         """Every "data ready" message of this run (all coalesced asset events, each SQS batch in full)."""
-        return airflow_io.run_messages(context, deliveries, produced_at_field="delivered_at")
+        return airflow_io.run_messages(context, deliveries, produced_at_field="delivered_at", sqs_queue_url=QUEUE_URL)
 
     @task(map_index_template="{{ message_id }}")
     def load_delivery(message: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +69,7 @@ def data_delivery_etl() -> None:
         outcome = etl.process_delivery(
             envelope, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
         )
-        airflow_io.delete_sqs_messages(QUEUE_URL, [envelope])
+        airflow_io.settle_sqs(QUEUE_URL, DLQ_URL, [envelope], outcome.dead_letters())
         return outcome.as_dict()
 
     @task(outlets=[orders_table])

@@ -5,7 +5,8 @@ Sensor readings arrive on the `iot-readings` topic. Each run evaluates *all* rea
 timestamp order per device, against a rule per sensor type with **hysteresis** (raise at one threshold, clear
 only past a second one on the safe side), using per-device state kept in the `iot_device_state` table between
 runs. State changes publish `raised` / `cleared` events to `iot-alerts`, keyed by device, each with a
-`dedup_key`; readings that trip nothing publish nothing. Bad readings go to `dead_letters` with their reason.
+`dedup_key`; readings that trip nothing publish nothing. Bad readings go to `iot-readings-dlq` (original bytes,
+headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are committed after all that.
 
 `max_active_runs=1`: device state is applied in order, one run at a time.
 
@@ -15,28 +16,24 @@ Example reading (schema: `include/event_pipelines/iot/schemas.py:SensorReading`;
 {"device_id": "pump-0042", "sensor": "temperature", "value": 81.5, "unit": "C", "ts": "2026-11-24T08:00:00Z"}
 ```
 
-The apply function lives in `include/` because the triggerer does not import from `dags/`.
+Triggers and apply functions live in `include/`: the triggerer does not import from `dags/`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config
+from include.event_pipelines import airflow_io, config, watchers
 from include.event_pipelines.iot.pipeline import process_readings
 
-readings_trigger = MessageQueueTrigger(
-    scheme="kafka",
-    topics=[config.IOT_READINGS_TOPIC],
-    apply_function="include.event_pipelines.messages.kafka_message_to_event",
-    kafka_config_id=config.KAFKA_CONN_ID,
-    poll_timeout=1,
-    poll_interval=config.KAFKA_POLL_INTERVAL,
-)
+# Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
+# WATCHER_TRIGGERS=stock. The stock Kafka trigger (AwaitMessageTrigger) commits the offset before the event is
+# stored, so a triggerer crash loses the record, and rejoins the consumer group for every record (~0.5 msg/s).
+# It cannot meet this project's guarantees; figures in README "Delivery guarantees".
+readings_trigger = watchers.kafka_watcher_trigger([config.IOT_READINGS_TOPIC])
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
 
 
@@ -57,9 +54,12 @@ def iot_alerting() -> None:
 
     @task
     def evaluate_and_alert(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """Apply the rules, publish state changes to the alert topic, then persist state and readings."""
+        """Apply the rules, publish state changes, persist state and readings; then dead letters and offsets."""
+        envelopes = airflow_io.to_envelopes(messages)
         publish = airflow_io.kafka_publisher(config.IOT_ALERTS_TOPIC)
-        return process_readings(airflow_io.to_envelopes(messages), airflow_io.engine(), publish).as_dict()
+        outcome = process_readings(envelopes, airflow_io.engine(), publish)
+        airflow_io.settle_kafka(config.IOT_DLQ_TOPIC, envelopes, outcome.dead_letters)
+        return outcome.as_dict()
 
     evaluate_and_alert(collect_readings())
 

@@ -32,14 +32,20 @@ def engine(conn_id: str = config.DB_CONN_ID) -> Engine:
 
 
 # --- the run's messages --------------------------------------------------------------------------------------------
-def run_messages(context: Mapping[str, Any], asset: Any, *, produced_at_field: str | None = None) -> list[dict[str, Any]]:
+def run_messages(
+    context: Mapping[str, Any], asset: Any, *, produced_at_field: str | None = None, sqs_queue_url: str | None = None
+) -> list[dict[str, Any]]:
     """Every message behind this run (all coalesced asset events, or ``conf["messages"]`` for a manual run).
 
-    Logs and records the run's batch size and how long its messages waited since they were produced.
+    Logs and records the run's batch size and how long its messages waited since they were produced. For an SQS
+    source, first extends the messages' visibility to the run's budget (the streaming trigger receives them with
+    a short one, so that messages of a triggerer that died come back quickly).
     """
     dag_run = context["dag_run"]
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
     envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
+    if sqs_queue_url is not None:
+        extend_sqs_visibility(sqs_queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
     start = dag_run.start_date or context["ti"].start_date
     summary = runstats.summarize(start, envelopes, produced_at_field)
     log.info("run %s: %s", dag_run.run_id, json.dumps(summary))
@@ -84,6 +90,37 @@ def delete_sqs_messages(queue_url: str, envelopes: Sequence[Envelope]) -> int:
             log.warning("message %s: not deleted (%s: %s); it will be redelivered and deduplicated",
                         mid, failure.get("Code"), failure.get("Message"))
     return deleted
+
+
+def extend_sqs_visibility(queue_url: str, envelopes: Sequence[Envelope], seconds: int) -> None:
+    """Keep the run's messages invisible for ``seconds`` more (a message already deleted or re-received is skipped)."""
+    handles = [(e.message_id, e.receipt_handle) for e in envelopes if e.source == "sqs" and e.receipt_handle]
+    if not handles:
+        return
+    client = sqs_client()
+    for batch in chunks(handles, 10):
+        entries = [{"Id": str(i), "ReceiptHandle": rh, "VisibilityTimeout": seconds} for i, (_, rh) in enumerate(batch)]
+        response = client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+        for failure in response.get("Failed", []):
+            log.warning("message %s: visibility not extended (%s)", batch[int(failure["Id"])][0], failure.get("Code"))
+
+
+def settle_sqs(
+    queue_url: str, dlq_url: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]
+) -> None:
+    """After the run's effects are committed: dead letters to the DLQ (body, reason, source id), then delete all."""
+    if dead_letters:
+        by_id = {e.message_id: e for e in envelopes}
+        send_sqs_messages(
+            dlq_url,
+            [
+                (d["message_id"], by_id[d["message_id"]].body or " ",
+                 {"reason": str(d["reason"])[:1000], "source_message_id": d["message_id"], "source_queue": queue_url})
+                for d in dead_letters
+                if d["message_id"] in by_id
+            ],
+        )
+    delete_sqs_messages(queue_url, envelopes)
 
 
 def send_sqs_messages(queue_url: str, bodies: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
@@ -149,6 +186,63 @@ def kafka_publisher(topic: str) -> Callable[[Sequence[Any]], None]:
             raise RuntimeError(f"{remaining} alert(s) unacknowledged, {len(errors)} failed: {errors[:3]}")
 
     return publish
+
+
+def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
+    """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
+    ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
+    from include.event_pipelines import watchers
+    from include.event_pipelines.messages import raw_bytes
+
+    if dead_letters:
+        from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
+
+        by_id = {e.message_id: e for e in envelopes}
+        producer = KafkaProducerHook(kafka_config_id=config.KAFKA_CONN_ID).get_producer()
+        errors: list[str] = []
+        for d in dead_letters:
+            env = by_id.get(d["message_id"])
+            if env is None:
+                continue
+            producer.produce(
+                dlq_topic,
+                key=(env.key or "").encode() or None,
+                value=raw_bytes(env),
+                headers={"reason": str(d["reason"]).encode(), "source_message_id": env.message_id.encode()},
+                on_delivery=lambda err, msg: errors.append(str(err)) if err is not None else None,
+            )
+        if producer.flush(30) or errors:
+            raise RuntimeError(f"dead letters not acknowledged by {dlq_topic}: {errors[:3]}")
+    if watchers.uses_streaming_triggers():
+        commit_kafka_offsets(envelopes)
+
+
+def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:
+    """Commit, for the connection's consumer group, the offset after the highest one of this run, per partition,
+    never moving a committed offset backwards (a cleared older run must not rewind the group)."""
+    from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
+    from confluent_kafka import TopicPartition
+
+    nxt: dict[tuple[str, int], int] = {}
+    for e in envelopes:
+        if e.source == "kafka" and e.topic is not None and e.partition is not None and e.offset is not None:
+            key = (e.topic, e.partition)
+            nxt[key] = max(nxt.get(key, 0), e.offset + 1)
+    if not nxt:
+        return {}
+    consumer = KafkaConsumerHook(topics=sorted({t for t, _ in nxt}), kafka_config_id=config.KAFKA_CONN_ID).get_conn
+    try:
+        current = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in consumer.committed([TopicPartition(t, p) for t, p in nxt], timeout=30)
+        }
+        ahead = {k: v for k, v in nxt.items() if v > current.get(k, -1)}
+        if ahead:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()], asynchronous=False)
+        log.info("committed offsets %s (already at or past: %s)", ahead, sorted(set(nxt) - set(ahead)))
+        return ahead
+    finally:
+        consumer.close()
 
 
 # --- inference backends --------------------------------------------------------------------------------------------

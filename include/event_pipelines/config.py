@@ -44,3 +44,19 @@ KAFKA_POLL_INTERVAL: float = float(os.getenv("KAFKA_POLL_INTERVAL", "0.5"))
 def sqs_queue_url(queue_name: str) -> str:
     """Full URL of a queue in the configured account/endpoint."""
     return f"{SQS_QUEUE_URL_PREFIX}/{queue_name}"
+
+# Which watcher triggers the DAGs use: "stream" (this project's StreamingSqsTrigger / StreamingKafkaTrigger: many
+# messages per event, acknowledged after the run's effect is durable) or "stock" (MessageQueueTrigger with the
+# provider triggers). See include/event_pipelines/watchers.py and README "Delivery guarantees".
+WATCHER_TRIGGERS: str = os.getenv("WATCHER_TRIGGERS", "stream")
+# Streaming triggers: at most this many messages per asset event, gathered for at most this long.
+SQS_MESSAGES_PER_EVENT: int = int(os.getenv("SQS_MESSAGES_PER_EVENT", "100"))
+KAFKA_MESSAGES_PER_EVENT: int = int(os.getenv("KAFKA_MESSAGES_PER_EVENT", "500"))
+EVENT_LINGER_SECONDS: float = float(os.getenv("EVENT_LINGER_SECONDS", "0.25"))
+# Streaming SQS trigger: how long a received message stays invisible until its run extends it (the bound on how long
+# a message received by a triggerer that then died waits before it is received again).
+SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIMEOUT", "30"))
+
+IOT_DLQ_TOPIC: str = os.getenv("IOT_DLQ_TOPIC", "iot-readings-dlq")
+DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
+INFERENCE_REQUEST_DLQ: str = os.getenv("INFERENCE_REQUEST_DLQ", "inference-requests-dlq")

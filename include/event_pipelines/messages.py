@@ -96,6 +96,8 @@ def _payload_envelopes(payload: Any) -> list[Envelope]:
         return [Envelope.from_sqs(m) for m in payload["message_batch"]]
     if isinstance(payload, Mapping) and payload.get("source") == "kafka":  # kafka_message_to_event
         return [Envelope.model_validate(payload)]
+    if isinstance(payload, Mapping) and payload.get("source") == "kafka_batch":  # StreamingKafkaTrigger
+        return [Envelope.model_validate(r) for r in payload["records"]]
     raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {payload!r:.200}")
 
 

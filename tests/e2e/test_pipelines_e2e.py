@@ -106,7 +106,7 @@ def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: d
     assert loaded == {o for r in good for o in r["expect"]["orders"]} and len(loaded) == 12
     assert ledger == 4
     assert report.outputs["quarantined"] == 2  # the missing file and the truncated file
-    assert report.outputs["dead_lettered"] == len(poison) - 2
+    assert report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(poison) - 2
     assert _queue_depth(stack, "data-deliveries") == 0, "every message is deleted once its effect is durable"
 
 
@@ -119,7 +119,7 @@ def test_iot_publishes_exactly_the_expected_alert_transitions(stack: dict[str, A
     assert report.ok, report.missing
     assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == (raised, cleared)
     assert report.outputs["alert_duplicates"] == 0
-    assert report.rows == 12 and report.outputs["dead_lettered"] == len(poison)
+    assert report.rows == 12 and report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(poison)
 
 
 def test_an_inference_burst_is_coalesced_into_fewer_runs_and_every_request_answered_once(stack: dict[str, Any]) -> None:

@@ -3,6 +3,8 @@ needs, that parsing is warning-free, and how long each DAG file takes to import 
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,20 +12,43 @@ from pathlib import Path
 import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
-from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
-from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
 from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 
 from include.event_pipelines import config
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# dag_id: (file, max_active_runs predicate)
 EXPECTED = {
-    # dag_id: (file, trigger class the MessageQueueTrigger resolves to, max_active_runs must be)
-    "data_delivery_etl": ("data_delivery_etl.py", SqsSensorTrigger, lambda n: n >= 1),
-    "iot_alerting": ("iot_alerting.py", AwaitMessageTrigger, lambda n: n == 1),
-    "inference_execution": ("inference_execution.py", SqsSensorTrigger, lambda n: n > 1),
+    "data_delivery_etl": ("data_delivery_etl.py", lambda n: n >= 1),
+    "iot_alerting": ("iot_alerting.py", lambda n: n == 1),  # device state is applied in order
+    "inference_execution": ("inference_execution.py", lambda n: n > 1),  # runs overlap
 }
+# What the triggerer will run for each DAG, per WATCHER_TRIGGERS mode (the serialized classpath).
+TRIGGERS = {
+    "stream": {
+        "data_delivery_etl": "include.event_pipelines.triggers.StreamingSqsTrigger",
+        "iot_alerting": "include.event_pipelines.triggers.StreamingKafkaTrigger",
+        "inference_execution": "include.event_pipelines.triggers.StreamingSqsTrigger",
+    },
+    "stock": {
+        "data_delivery_etl": "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger",
+        "iot_alerting": "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger",
+        "inference_execution": "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger",
+    },
+}
+WATCHERS_OF_MODE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+out = {}
+for dag in bag.dags.values():
+    for asset in dag.timetable.asset_condition.objects:
+        for w in asset.watchers:
+            path, kwargs = w.trigger.serialize()
+            out[dag.dag_id] = {"wrapper": type(w.trigger).__name__, "classpath": path, "kwargs": kwargs}
+print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "watchers": out}, default=str))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +56,15 @@ def dagbag() -> DagBag:
     return DagBag(dag_folder=str(ROOT / "dags"))
 
 
-def _watchers(dag):
-    timetable = dag.timetable
-    assert isinstance(timetable, AssetTriggeredTimetable), f"{dag.dag_id} is not asset-scheduled"
-    assets = list(timetable.asset_condition.objects)
-    return [w for a in assets for w in a.watchers]
+@pytest.fixture(scope="module", params=["stream", "stock"])
+def watchers(request: pytest.FixtureRequest) -> tuple[str, dict]:
+    """The watcher triggers as the DAGs declare them with ``WATCHER_TRIGGERS=<mode>`` (parsed in a fresh process)."""
+    env = {**os.environ, "WATCHER_TRIGGERS": request.param, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", WATCHERS_OF_MODE, str(ROOT / "dags")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    return request.param, parsed["watchers"]
 
 
 def test_exactly_the_three_pipelines_parse(dagbag: DagBag) -> None:
@@ -48,37 +77,46 @@ def test_parsing_emits_no_warnings(dagbag: DagBag) -> None:
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
-def test_scheduled_on_an_asset_watched_by_message_queue_trigger(dagbag: DagBag, dag_id: str) -> None:
+def test_each_dag_is_asset_scheduled_with_one_watcher(dagbag: DagBag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
-    file, trigger_cls, runs_ok = EXPECTED[dag_id]
+    file, runs_ok = EXPECTED[dag_id]
     assert Path(dag.fileloc).name == file
-    watchers = _watchers(dag)
-    assert len(watchers) == 1
-    trigger = watchers[0].trigger
-    # MessageQueueTrigger resolves to the provider trigger; its serialized form is what the triggerer runs.
-    assert type(trigger).__name__ == "MessageQueueTrigger", type(trigger)
-    assert isinstance(trigger.trigger, trigger_cls)
+    assert isinstance(dag.timetable, AssetTriggeredTimetable), f"{dag_id} is not asset-scheduled"
+    assert [len(a.watchers) for a in dag.timetable.asset_condition.objects] == [1]
     assert runs_ok(dag.max_active_runs), f"{dag_id}: max_active_runs={dag.max_active_runs}"
     assert dag.default_args["retries"] >= 2 and dag.tags and dag.doc_md
 
 
-def test_sqs_watchers_receive_without_deleting_and_long_poll(dagbag: DagBag) -> None:
+def test_watchers_run_the_intended_trigger_in_each_mode(watchers: tuple[str, dict]) -> None:
+    mode, found = watchers
+    assert {d: w["classpath"] for d, w in found.items()} == TRIGGERS[mode]
+    if mode == "stock":  # Astronomer's guide: MessageQueueTrigger, scheme= form
+        assert {w["wrapper"] for w in found.values()} == {"MessageQueueTrigger"}
+
+
+def test_sqs_watchers_never_delete_on_reception_and_long_poll(watchers: tuple[str, dict]) -> None:
+    mode, found = watchers
     for dag_id in ("data_delivery_etl", "inference_execution"):
-        _, kwargs = _watchers(dagbag.dags[dag_id])[0].trigger.serialize()
-        assert kwargs["delete_message_on_reception"] is False, dag_id
-        assert kwargs["waiter_delay"] == 0 and kwargs["wait_time_seconds"] == 20, dag_id
-        assert kwargs["visibility_timeout"] >= 60, dag_id
+        kwargs = found[dag_id]["kwargs"]
         assert kwargs["sqs_queue"].startswith(config.SQS_QUEUE_URL_PREFIX)
+        assert kwargs["wait_time_seconds"] == 20, dag_id
+        if mode == "stock":
+            assert kwargs["delete_message_on_reception"] is False and kwargs["waiter_delay"] == 0, dag_id
+            assert kwargs["visibility_timeout"] >= 60, dag_id
+        else:  # short: a message received by a triggerer that died is received again within this bound
+            assert 5 <= kwargs["visibility_timeout"] <= 60, dag_id
 
 
-def test_kafka_apply_function_is_importable_outside_dags(dagbag: DagBag) -> None:
-    _, kwargs = _watchers(dagbag.dags["iot_alerting"])[0].trigger.serialize()
-    module = kwargs["apply_function"].rsplit(".", 1)[0]
-    assert not module.startswith("dags"), "the triggerer does not import from the DAG bundle"
-    # Import it the way the triggerer does: a fresh interpreter with only the project root on sys.path.
-    code = f"import importlib; m = importlib.import_module({module!r}); print(callable(getattr(m, {kwargs['apply_function'].rsplit('.', 1)[1]!r})))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+def test_trigger_code_is_importable_outside_dags(watchers: tuple[str, dict]) -> None:
+    """The triggerer does not import from the DAG bundle: classes and apply functions must come from elsewhere."""
+    _, found = watchers
+    names = {w["classpath"] for w in found.values()} | {w["kwargs"].get("apply_function") for w in found.values()}
+    for dotted in sorted(n for n in names if n):
+        module, attr = dotted.rsplit(".", 1)
+        assert not module.startswith("dags")
+        code = f"import importlib; print(callable(getattr(importlib.import_module({module!r}), {attr!r})))"
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "True", dotted
 
 
 def _seeded_conn_ids() -> set[str]:
@@ -86,12 +124,10 @@ def _seeded_conn_ids() -> set[str]:
     return {c["conn_id"] for c in settings["airflow"]["connections"]}
 
 
-def test_every_connection_the_dags_use_is_seeded(dagbag: DagBag) -> None:
+def test_every_connection_the_dags_use_is_seeded(watchers: tuple[str, dict]) -> None:
     used = {config.AWS_CONN_ID, config.KAFKA_CONN_ID, config.DB_CONN_ID, config.INFERENCE_HTTP_CONN_ID}
-    for dag in dagbag.dags.values():
-        for watcher in _watchers(dag):
-            _, kwargs = watcher.trigger.serialize()
-            used |= {v for k, v in kwargs.items() if k.endswith(("conn_id", "config_id")) and v}
+    for w in watchers[1].values():
+        used |= {v for k, v in w["kwargs"].items() if k.endswith(("conn_id", "config_id")) and v}
     assert used <= _seeded_conn_ids(), f"not seeded in airflow_settings.yaml: {used - _seeded_conn_ids()}"
 
 

@@ -58,6 +58,10 @@ class DeliveryOutcome:
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def dead_letters(self) -> list[dict[str, object]]:
+        """This message as a dead letter, if it is one (for the DLQ)."""
+        return [{"message_id": self.message_id, "reason": self.reason}] if self.status == "dead_letter" else []
+
 
 class InvalidFile(ValueError):
     """The delivered file cannot be loaded as announced; the reason goes to the quarantine record."""
