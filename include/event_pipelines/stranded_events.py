@@ -22,7 +22,9 @@ from airflow.listeners import hookimpl
 from airflow.models.asset import AssetDagRunQueue, AssetEvent, DagScheduleAssetReference
 from airflow.models.dagrun import DagRun
 from airflow.utils.types import DagRunType
-from sqlalchemy import func, select
+from airflow.utils import timezone
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, object_session
 
 log = logging.getLogger(__name__)
@@ -50,19 +52,37 @@ def requeue_stranded_events(session: Session, dag_id: str) -> list[int]:
         )
         .distinct()
     ).all()
-    for asset_id in stranded:
-        session.merge(AssetDagRunQueue(asset_id=asset_id, target_dag_id=dag_id))
     if stranded:
+        # One statement, executed now in the scheduler's transaction: no pending ORM object (two runs of this DAG
+        # changing state in one loop would otherwise insert the same row twice), no savepoint (the scheduler
+        # forbids anything that looks like a commit), and a row queued concurrently is simply kept.
+        session.execute(
+            _insert_ignore(session),
+            [{"asset_id": a, "target_dag_id": dag_id, "created_at": timezone.utcnow()} for a in stranded],
+        )
         log.info("Re-queued %s for assets %s: their events were in no DAG run", dag_id, stranded)
     return list(stranded)
+
+
+def _insert_ignore(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(AssetDagRunQueue).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(AssetDagRunQueue).on_conflict_do_nothing()
+    return insert(AssetDagRunQueue).prefix_with("IGNORE")  # MySQL
 
 
 def _on_run_state(dag_run: Any) -> None:
     if dag_run.run_type != DagRunType.ASSET_TRIGGERED:
         return
     session = object_session(dag_run)
-    if session is not None:
+    if session is None:
+        return
+    try:
         requeue_stranded_events(session, dag_run.dag_id)
+    except Exception:  # never take the scheduler down; the next run state change tries again
+        log.exception("re-queueing stranded asset events of %s failed", dag_run.dag_id)
 
 
 @hookimpl
