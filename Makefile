@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-unit model up down demo status clean
+.PHONY: venv test test-faults test-unit model up down demo status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ venv: $(VENV)/.installed
 test: venv
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests --ignore=tests/faults
+
+## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
+test-faults: venv
+	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider tests/faults
 
 ## test-unit: only the logic in include/ (no Airflow process, no broker)
 test-unit: venv

@@ -84,6 +84,9 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__API__PORT": str(API_PORT),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            # A triggerer that died hands its watchers to a new one after this long (default 30 s).
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+            "EVENTS_FAULTS_DIR": str(STATE / "faults"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "SQS_QUEUE_URL_PREFIX": f"{SQS_ENDPOINT}/000000000000",
@@ -118,6 +121,19 @@ def start_component(name: str, env: dict[str, str]) -> int:
 
 def stop_component(name: str, timeout: float = 30) -> None:
     brokers.stop_pid(_pid_file(name), timeout)
+
+
+def crash_component(name: str) -> int:
+    """``kill -9`` a component and every process of its group (what a crashed container or pod leaves: nothing)."""
+    pid = brokers.running_pid(_pid_file(name))
+    if pid is None:
+        raise StackError(f"{name} is not running")
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while brokers.running_pid(_pid_file(name)) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    _pid_file(name).unlink(missing_ok=True)
+    return pid
 
 
 def airflow_db(env: dict[str, str]) -> Any:
@@ -157,7 +173,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 1.0) -> Any:
 
 def up(timeout: float = 240) -> dict[str, str]:
     """Start brokers and Airflow, unpause the DAGs, and wait until every watcher runs in the triggerer."""
-    for d in (RUN, CACHE, AIRFLOW_HOME, DATA / "landing", DATA / "quarantine"):
+    for d in (RUN, CACHE, AIRFLOW_HOME, DATA / "landing", DATA / "quarantine", STATE / "faults"):
         d.mkdir(parents=True, exist_ok=True)
     endpoints = brokers.up(CACHE, RUN)
     env = airflow_env()
@@ -224,10 +240,38 @@ def status() -> dict[str, Any]:
     return out
 
 
+def _one(command: str, name: str | None) -> int:
+    """Start, stop or crash one process of a running stack (what the fault suite and a supervisor do)."""
+    if name in COMPONENTS:
+        if command == "start":
+            print(start_component(name, airflow_env()))
+        elif command == "stop":
+            stop_component(name)
+        else:
+            print(crash_component(name))
+    elif name == "kafka":
+        if command == "start":
+            print(brokers.start_kafka(CACHE, RUN))
+            brokers.wait_kafka_ready(KAFKA_BOOTSTRAP, 120)
+        else:
+            brokers.stop_pid(RUN / "kafka.pid", 30 if command == "stop" else 0.1)
+    elif name == "elasticmq":
+        if command == "start":
+            print(brokers.start_elasticmq(CACHE, RUN))
+        else:
+            brokers.stop_pid(RUN / "elasticmq.pid", 30 if command == "stop" else 0.1)
+    else:
+        raise SystemExit(f"unknown process {name!r}: one of {', '.join(COMPONENTS)}, kafka, elasticmq")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "env", "env-json"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "env-json", "start", "stop", "crash"])
+    parser.add_argument("name", nargs="?", help="for start/stop/crash: an Airflow component, or kafka / elasticmq")
     args = parser.parse_args(argv)
+    if args.command in ("start", "stop", "crash"):
+        return _one(args.command, args.name)
     if args.command == "up":
         started = time.monotonic()
         endpoints = up()

@@ -207,14 +207,19 @@ def collect(
     reply_queue_url: str,
     timeout: float = 180,
     on_progress: Any = None,
+    until_finished: bool = True,
+    seen: dict[str, dict] | None = None,
 ) -> dict[str, Report]:
+    """Wait until every expected effect is there and (``until_finished``) every run involved has finished."""
     airflow, events = create_engine(airflow_url), db.configure_sqlite(create_engine(events_url))
     db.ensure_schema(events)  # the pipelines create it on their first run; the summary may look before that
     by_pipeline: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_pipeline.setdefault(r["pipeline"], []).append(r)
-    replies: dict[str, dict] = {}
-    sqs_dlq: dict[str, str] = {}
+    # Replies and SQS dead letters are consumed from their queues as they are read: keep them across calls.
+    seen = {} if seen is None else seen
+    replies: dict[str, dict] = seen.setdefault("replies", {})
+    sqs_dlq: dict[str, str] = seen.setdefault("sqs_dlq", {})
     queue_prefix = reply_queue_url.rsplit("/", 1)[0]
     deadline = time.monotonic() + timeout
     while True:
@@ -231,7 +236,8 @@ def collect(
                 if r["expect"]["dead_letter_reason_contains"] not in dlq.get(r["message_id"], ""):
                     rep.missing.append(f"{r['message_id']} not on {name} with reason containing "
                                        f"{r['expect']['dead_letter_reason_contains']!r}")
-        if all(r.ok for r in reports.values()) or time.monotonic() > deadline:
+        done = all(r.ok if until_finished else not r.missing for r in reports.values())
+        if done or time.monotonic() > deadline:
             return reports
         if on_progress is not None:
             on_progress(reports)

@@ -36,3 +36,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
         terminalreporter.section("project report")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """A real native stack (Kafka, ElasticMQ, Airflow) of this test module's own, stopped afterwards.
+
+    Outside CI the module skips, with the reason, when Java/Maven are missing or the ports are in use; in CI it
+    fails instead."""
+    from devstack.testing import Stack, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"tests on the real stack cannot run in CI: {reason}")
+        pytest.skip(reason)
+    s = Stack(tmp_path_factory.mktemp("devstack"))
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()

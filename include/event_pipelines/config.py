@@ -29,7 +29,7 @@ QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", "file:///usr/local/airflow/inc
 
 # "local" answers with the packaged scikit-learn model; "http" posts to the endpoint of INFERENCE_HTTP_CONN_ID.
 INFERENCE_BACKEND: str = os.getenv("INFERENCE_BACKEND", "local")
-INFERENCE_BATCH_SIZE: int = int(os.getenv("INFERENCE_BATCH_SIZE", "200"))
+INFERENCE_BATCH_SIZE: int = int(os.getenv("INFERENCE_BATCH_SIZE", "1000"))
 
 # SQS watcher: long poll instead of the provider's 60 s sleep; receive without deleting and keep messages
 # invisible long enough for the run to finish; the run's last step deletes them by receipt handle.
@@ -55,7 +55,7 @@ KAFKA_MESSAGES_PER_EVENT: int = int(os.getenv("KAFKA_MESSAGES_PER_EVENT", "500")
 EVENT_LINGER_SECONDS: float = float(os.getenv("EVENT_LINGER_SECONDS", "0.25"))
 # Streaming SQS trigger: how long a received message stays invisible until its run extends it (the bound on how long
 # a message received by a triggerer that then died waits before it is received again).
-SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIMEOUT", "30"))
+SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIMEOUT", "20"))
 
 IOT_DLQ_TOPIC: str = os.getenv("IOT_DLQ_TOPIC", "iot-readings-dlq")
 DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from include.event_pipelines import db
+from include.event_pipelines.faults import maybe_fail
 from include.event_pipelines.etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
 from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode, validation_summary
 
@@ -188,6 +189,7 @@ def process_delivery(
 
     if not load_records(engine, notice, mid, records):
         return DeliveryOutcome(mid, "duplicate", notice.delivery_id)
+    maybe_fail("etl.after_load")
     log.info("message %s: loaded %d rows from %s", mid, len(records), notice.uri)
     return DeliveryOutcome(mid, "loaded", notice.delivery_id, rows=len(records))
 

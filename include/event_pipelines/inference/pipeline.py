@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, select
 
 from include.event_pipelines import db
+from include.event_pipelines.faults import maybe_fail
 from include.event_pipelines.inference.model import Predictor, label_for
 from include.event_pipelines.inference.schemas import InferenceReply, InferenceRequest
 from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode
@@ -87,6 +88,7 @@ def answer_requests(
     with engine.begin() as conn:
         db.insert_ignore(conn, db.predictions, new_rows)
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)
+    maybe_fail("inference.after_store")
     # Re-read so that a concurrent run that won the insert race and this one reply with the same answer.
     answers = _stored(engine, list(requests)) if requests else {}
 

@@ -17,6 +17,7 @@ from datetime import timezone
 from sqlalchemy import Engine, select, tuple_
 
 from include.event_pipelines import db
+from include.event_pipelines.faults import maybe_fail
 from include.event_pipelines.iot.rules import RULES, DeviceState, evaluate
 from include.event_pipelines.iot.schemas import AlertEvent, SensorReading
 from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode
@@ -104,6 +105,7 @@ def process_readings(envelopes: Sequence[Envelope], engine: Engine, publish: Pub
 
     if alerts:
         publish(alerts)  # flushed before any state is committed
+    maybe_fail("iot.after_publish")
     with engine.begin() as conn:
         db.insert_ignore(
             conn,

@@ -1,0 +1,137 @@
+"""Helpers for tests that run against a real native stack (tests/e2e, tests/faults): start/stop it in its own state
+folder, drive its components through the CLI (so the test process never shares state with the stack's), and read
+what the pipelines did."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from devstack import publish, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTS = (9092, 9093, 9324, 9325, 8080)
+
+
+class Stack:
+    def __init__(self, home: Path) -> None:
+        self.env = {**os.environ, "DEVSTACK_HOME": str(home), "DEVSTACK_CACHE": str(ROOT / ".devstack" / "cache")}
+        self.info: dict[str, Any] = {}
+        self.seen: dict[str, dict] = {}  # replies and dead letters already read off their queues
+
+    def cli(self, *args: str, timeout: float = 600, capture: bool = False) -> str:
+        out = subprocess.run([sys.executable, "-m", "devstack.stack", *args], cwd=ROOT, env=self.env, check=True,
+                             timeout=timeout, capture_output=capture, text=True)
+        return out.stdout if capture else ""
+
+    def up(self) -> None:
+        self.cli("up")
+        self.info = json.loads(self.cli("env-json", capture=True))
+
+    def down(self) -> None:
+        subprocess.run([sys.executable, "-m", "devstack.stack", "down"], cwd=ROOT, env=self.env, timeout=180)
+
+    def airflow(self, *args: str) -> str:
+        exe = str(Path(sys.executable).parent / "airflow")
+        return subprocess.run([exe, *args], cwd=ROOT, env={**self.env, **self.info}, check=True,
+                              capture_output=True, text=True, timeout=120).stdout
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Call Airflow's REST API (simple auth manager: any user is admin; the token is fetched first)."""
+        import urllib.request
+
+        base = f"http://127.0.0.1:{self.info.get('AIRFLOW__API__PORT', '8080')}"
+        token_req = urllib.request.Request(f"{base}/auth/token", method="POST", data=b"{}",
+                                           headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(token_req, timeout=30) as resp:
+            token = json.loads(resp.read())["access_token"]
+        req = urllib.request.Request(f"{base}{path}", method=method, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"null")
+
+    # --- where things are ---
+    @property
+    def events_url(self) -> str:
+        return f"sqlite:///{Path(self.info['DEVSTACK_DATA']) / 'events.db'}"
+
+    @property
+    def target(self) -> publish.SqsTarget:
+        return publish.SqsTarget(self.info["SQS_ENDPOINT_URL"], self.info["SQS_QUEUE_URL_PREFIX"], "us-east-1")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.info["KAFKA_BOOTSTRAP"]
+
+    def sqs(self) -> Any:
+        return publish.make_sqs_client(self.info["SQS_ENDPOINT_URL"], "us-east-1")
+
+    def queue_depth(self, queue: str) -> int:
+        attrs = self.sqs().get_queue_attributes(
+            QueueUrl=f"{self.info['SQS_QUEUE_URL_PREFIX']}/{queue}",
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def collect(self, records: list[dict[str, Any]], timeout: float = 240, until_finished: bool = True) -> summary.Report:
+        reports = summary.collect(
+            records, self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], self.events_url,
+            bootstrap=self.bootstrap, alerts_topic="iot-alerts", sqs=self.sqs(),
+            reply_queue_url=f"{self.info['SQS_QUEUE_URL_PREFIX']}/inference-replies", timeout=timeout,
+            until_finished=until_finished, seen=self.seen,
+        )
+        print(summary.render(reports))
+        [report] = reports.values()
+        return report
+
+    def deliveries(self, dag_id: str, message_ids: set[str]) -> Counter:
+        """How many asset events carried each of these messages (1 = delivered once; more = redelivered)."""
+        airflow = create_engine(self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+        counts: Counter = Counter()
+        sql = text("SELECT e.extra FROM asset_event e JOIN dag_schedule_asset_reference r ON r.asset_id = e.asset_id"
+                   " WHERE r.dag_id = :d")
+        from include.event_pipelines.messages import envelopes_from_asset_events
+
+        with airflow.connect() as conn:
+            for (extra,) in conn.execute(sql, {"d": dag_id}):
+                extra = json.loads(extra) if isinstance(extra, str) else extra
+                if extra.get("payload"):
+                    payload = extra["payload"]
+                    batch = payload.get("message_batch") or payload.get("records") or [payload]
+                    for item in batch:
+                        mid = item.get("MessageId") or item.get("message_id")
+                        if mid in message_ids:
+                            counts[mid] += 1
+        return counts
+
+
+def unavailable_reason() -> str | None:
+    if not (shutil.which("java") and shutil.which("mvn")):
+        return "java and mvn are needed to run the real brokers (apt-get install default-jdk-headless maven)"
+    taken = []
+    for port in PORTS:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                taken.append(port)
+    if taken:
+        return f"ports {taken} are in use (a stack from `make up` is running? `make down` first)"
+    return None
+
+
+def wait_for(check, timeout: float, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)

@@ -1,0 +1,27 @@
+"""Fault injection for the fault suite (``make test-faults``): off unless ``EVENTS_FAULTS_DIR`` is set.
+
+``maybe_fail("iot.after_publish")`` raises once if the file ``$EVENTS_FAULTS_DIR/iot.after_publish`` exists (and
+removes it), so a test can make one task attempt die at a chosen point, after some of its effects and before the
+rest, and check that the retry leaves nothing lost and nothing written twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def maybe_fail(point: str) -> None:
+    folder = os.environ.get("EVENTS_FAULTS_DIR")
+    if not folder:
+        return
+    marker = Path(folder) / point
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return
+    raise InjectedFault(f"injected fault at {point}")
