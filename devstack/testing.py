@@ -51,9 +51,7 @@ class Stack:
         import urllib.request
 
         base = f"http://127.0.0.1:{self.info.get('AIRFLOW__API__PORT', '8080')}"
-        token_req = urllib.request.Request(f"{base}/auth/token", method="POST", data=b"{}",
-                                           headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(token_req, timeout=30) as resp:
+        with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:  # GET: the all-admins token
             token = json.loads(resp.read())["access_token"]
         req = urllib.request.Request(f"{base}{path}", method=method, data=json.dumps(body or {}).encode(),
                                      headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
