@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-unit model up down demo status clean
+.PHONY: venv test test-faults test-unit model up down demo bench status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ down:
 ## demo: `make up`, publish sample events to all three pipelines, wait, print a summary; non-zero if anything is missing
 demo: up
 	$(PYTHON) -m devstack.demo
+
+## bench: latency and throughput, guide settings vs this project's, per broker (prints a table, writes bench/results.json)
+bench: venv
+	$(PYTHON) -m devstack.bench
 
 status: venv
 	$(PYTHON) -m devstack.stack status

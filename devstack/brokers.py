@@ -280,19 +280,24 @@ def _random_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
 
+def _prepare(cache_dir: Path, data_dir: Path, name: str) -> tuple[Path, Path, Path, Path, int | None]:
+    """(data dir, PID file, log, jar folder, PID if ``name`` already runs) for starting one broker."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lib = lib_dir(cache_dir, name).resolve()
+    pid = running_pid(data_dir / f"{name}.pid")
+    if pid is None and not any(lib.glob("*.jar")):
+        raise BrokerError(f"no {name} jars in {lib}: run install() first")
+    return data_dir, data_dir / f"{name}.pid", data_dir / f"{name}.log", lib, pid
+
+
 def start_kafka(
     cache_dir: Path, data_dir: Path, port: int = KAFKA_PORT, controller_port: int = KAFKA_CONTROLLER_PORT
 ) -> int:
     """Start the KRaft broker+controller detached; returns its PID (the running one if already started)."""
-    data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pid_file, log_path = data_dir / "kafka.pid", data_dir / "kafka.log"
-    pid = running_pid(pid_file)
+    data_dir, pid_file, log_path, lib, pid = _prepare(cache_dir, data_dir, "kafka")
     if pid is not None:
         return pid
-    lib = lib_dir(cache_dir, "kafka").resolve()
-    if not any(lib.glob("*.jar")):
-        raise BrokerError(f"no Kafka jars in {lib}: run install() first")
     _check_free("kafka", port, controller_port)
 
     config = data_dir / "server.properties"
@@ -316,15 +321,9 @@ def start_kafka(
 
 def start_elasticmq(cache_dir: Path, data_dir: Path, conf_path: Path = ELASTICMQ_CONF, port: int = SQS_PORT) -> int:
     """Start ElasticMQ detached with ``conf_path`` (HOCON; it must bind ``port``); returns its PID."""
-    data_dir = Path(data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    pid_file, log_path = data_dir / "elasticmq.pid", data_dir / "elasticmq.log"
-    pid = running_pid(pid_file)
+    data_dir, pid_file, log_path, lib, pid = _prepare(cache_dir, data_dir, "elasticmq")
     if pid is not None:
         return pid
-    lib = lib_dir(cache_dir, "elasticmq").resolve()
-    if not any(lib.glob("*.jar")):
-        raise BrokerError(f"no ElasticMQ jars in {lib}: run install() first")
     conf_path = Path(conf_path).resolve()
     if not conf_path.is_file():
         raise BrokerError(f"ElasticMQ config {conf_path} not found")

@@ -136,10 +136,11 @@ def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float
 
 
 def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1) -> None:
-    """Receive replies, keep (and delete) those whose correlation id is wanted; others are left for their owner."""
-    while True:
+    """Receive replies, keep (and delete) those whose correlation id is wanted. Others are hidden for 10 s, so one
+    call ends even when replies of other publishers are queued, and then come back for their owner."""
+    for _ in range(500):  # bounded: at most 5,000 replies per call
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(wait),
-                                  VisibilityTimeout=30).get("Messages", [])
+                                  VisibilityTimeout=10).get("Messages", [])
         if not got:
             return
         for m in got:
@@ -149,8 +150,7 @@ def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dic
                 seen[reply["correlation_id"]].setdefault("_copies", 0)
                 seen[reply["correlation_id"]]["_copies"] += 1
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-            else:
-                sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+        wait = 0
 
 
 def read_sqs_dlq(sqs: Any, dlq_url: str, seen: dict[str, str]) -> dict[str, str]:

@@ -146,6 +146,7 @@ predictions = Table(
     Column("model_version", String(64), nullable=False),
     Column("predicted_at", DateTime(timezone=True), nullable=False),
     Column("submitted_at", DateTime(timezone=True)),
+    Column("features_sha256", String(64)),  # a request_id reused with other features is refused
 )
 
 

@@ -8,9 +8,11 @@ timestamps, with no trailing message sent.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from devstack import publish
 from devstack.summary import message_runs
 from devstack.testing import Stack, wait_for
 from include.event_pipelines import db
+from include.event_pipelines.etl.pipeline import render_csv
 
 
 def _last_publish(records: list[dict[str, Any]]) -> float:
@@ -202,3 +205,37 @@ def _states(airflow, run_ids: list[str]) -> set[str]:
         bindparam("r", expanding=True))
     with airflow.connect() as conn:
         return {s for (s,) in conn.execute(sql, {"r": run_ids})}
+
+
+def _send_sqs(stack: Stack, queue: str, body: str, rid: str, expect: dict[str, str], pipeline: str) -> dict[str, Any]:
+    response = stack.sqs().send_message(QueueUrl=stack.target.queue_url(queue), MessageBody=body)
+    return {"pipeline": pipeline, "id": rid, "message_id": response["MessageId"],
+            "published_at": datetime.now(timezone.utc).isoformat(), "expect": expect}
+
+
+def test_a_duplicate_id_with_different_content_is_dead_lettered(stack: Stack, report_line) -> None:
+    """The same id with the same content is a redelivery (absorbed); with other content it is a producer bug."""
+    first_req = publish.publish_inference(1, run_id="dupid", target=stack.target)
+    first_etl = publish.publish_etl(1, rows=2, run_id="dupid", target=stack.target,
+                                    landing_dir=Path(stack.info["LANDING_DIR"]))
+    assert stack.collect(first_req).ok and stack.collect(first_etl).ok
+
+    rid = first_req[0]["expect"]["request_id"]
+    body = {"request_id": rid, "submitted_at": datetime.now(timezone.utc).isoformat(),
+            "features": {"temperature_c": 20.0, "vibration_mm_s": 1.0, "pressure_kpa": 100.0, "rpm": 1000.0}}
+    conflict_req = _send_sqs(stack, "inference-requests", json.dumps(body), rid,
+                             {"dead_letter_reason_contains": f"duplicate request_id {rid}"}, "inference")
+    landing = Path(stack.info["LANDING_DIR"])
+    data = render_csv([{"order_id": "o-dupid-x", "customer_id": "c", "amount": "1.00", "currency": "EUR",
+                        "ordered_at": "2026-11-24T08:00:00Z"}])
+    (landing / "dupid-other.csv").write_bytes(data)
+    delivery_id = first_etl[0]["id"]
+    notice = {"delivery_id": delivery_id, "uri": (landing / "dupid-other.csv").as_uri(),
+              "sha256": hashlib.sha256(data).hexdigest(), "row_count": 1, "producer": "test",
+              "delivered_at": datetime.now(timezone.utc).isoformat()}
+    conflict_etl = _send_sqs(stack, "data-deliveries", json.dumps(notice), delivery_id,
+                             {"dead_letter_reason_contains": f"duplicate delivery_id {delivery_id}"}, "etl")
+    for record in (conflict_req, conflict_etl):
+        report = stack.collect([record], timeout=120)
+        assert report.ok and report.outputs["in_dlq"] == 1, report.missing
+    report_line(f"faults {'duplicate ids, other content':<34} dead_lettered=2 (inference request_id, etl delivery_id)")

@@ -118,3 +118,13 @@ def test_a_bad_message_is_dead_lettered_with_its_body(engine: Engine, tmp_path: 
     # a replay of the same poison message keeps one dead letter
     process_delivery(env, engine, resolve, tmp_path / "q")
     assert count(engine, db.dead_letters) == 1
+
+
+def test_a_delivery_id_reused_for_other_content_is_dead_lettered(engine: Engine, tmp_path: Path) -> None:
+    first, _ = deliver(tmp_path, "a.csv", render_csv(ROWS))
+    assert process_delivery(first, engine, resolve, tmp_path / "q").status == "loaded"
+    other, _ = deliver(tmp_path, "b.csv", render_csv(ROWS[:2]), rows=2, message_id="m-2")  # same delivery_id "d-1"
+    outcome = process_delivery(other, engine, resolve, tmp_path / "q")
+    assert outcome.status == "dead_letter" and outcome.reason.startswith("duplicate delivery_id d-1: already loaded")
+    assert outcome.dead_letters() == [{"message_id": "m-2", "reason": outcome.reason}]
+    assert count(engine, db.etl_deliveries) == 1 and count(engine, db.orders) == 3

@@ -102,3 +102,16 @@ def test_the_remote_endpoint_backend_is_checked() -> None:
     assert seen[0]["instances"][0] == HOT
     with pytest.raises(ValueError, match="1 probabilities for 2 rows"):
         HttpEndpointPredictor(post_json=lambda body: {"probabilities": [0.5]}).predict_proba(rows)
+
+
+def test_a_request_id_reused_with_other_features_is_dead_lettered(engine: Engine) -> None:
+    sent: list = []
+    answer_requests([request(0, HOT, "req-7")], engine, CountingPredictor(), sent.extend)
+    # later: the same id, other features (a producer bug); and the same id, same features (a redelivery)
+    out = answer_requests([request(1, COOL, "req-7"), request(2, HOT, "req-7")], engine, CountingPredictor(), sent.extend)
+    assert [d["message_id"] for d in out.dead_letters] == ["msg-1"]
+    assert "duplicate request_id req-7: already used with different features" in out.dead_letters[0]["reason"]
+    assert [r.correlation_id for r in sent] == ["req-7", "req-7"] and sent[0] == sent[1]
+    # within one batch the first message wins
+    out = answer_requests([request(3, HOT, "req-8"), request(4, COOL, "req-8")], engine, CountingPredictor(), sent.extend)
+    assert [d["message_id"] for d in out.dead_letters] == ["msg-4"]

@@ -126,6 +126,14 @@ def already_loaded(engine: Engine, sha256: str) -> bool:
         return conn.execute(select(db.etl_deliveries.c.sha256).where(db.etl_deliveries.c.sha256 == sha256)).first() is not None
 
 
+def loaded_with_other_content(engine: Engine, notice: DeliveryNotice) -> str | None:
+    """The SHA-256 of a file already loaded under this delivery_id, if it is not this notice's file."""
+    t = db.etl_deliveries
+    with engine.connect() as conn:
+        shas = conn.execute(select(t.c.sha256).where(t.c.delivery_id == notice.delivery_id)).scalars().all()
+    return next((sha for sha in shas if sha != notice.sha256), None)
+
+
 def quarantine(
     engine: Engine, notice: DeliveryNotice, message_id: str, source: StoragePath, root: StoragePath, reason: str
 ) -> str | None:
@@ -171,6 +179,14 @@ def process_delivery(
         with engine.begin() as conn:
             db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, exc.reason)])
         return DeliveryOutcome(mid, "dead_letter", reason=exc.reason)
+
+    other = loaded_with_other_content(engine, notice)
+    if other is not None:
+        reason = f"duplicate delivery_id {notice.delivery_id}: already loaded from different content (sha256 {other})"
+        log.error("Dead-lettering message %s: %s", mid, reason)
+        with engine.begin() as conn:
+            db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, reason)])
+        return DeliveryOutcome(mid, "dead_letter", notice.delivery_id, reason=reason)
 
     if already_loaded(engine, notice.sha256):
         log.info("message %s: %s (sha256 %s) was loaded before; nothing to do", mid, notice.uri, notice.sha256)

@@ -60,16 +60,26 @@ def answer_requests(
 ) -> InferenceOutcome:
     outcome = InferenceOutcome()
     requests: dict[str, tuple[str, InferenceRequest]] = {}  # request_id -> (message_id, request): one answer each
+    decoded: list[tuple[Envelope, InferenceRequest]] = []
     for env in envelopes:
         try:
-            req = decode(env, InferenceRequest)
+            decoded.append((env, decode(env, InferenceRequest)))
         except PoisonMessage as exc:
             log.error("Dead-lettering %s", exc)
             outcome.dead_letters.append(dead_letter_row(env, exc.reason))
-            continue
-        requests.setdefault(req.request_id, (env.message_id, req))
 
-    stored = _stored(engine, list(requests))
+    stored = _stored(engine, sorted({req.request_id for _, req in decoded}))
+    for env, req in decoded:
+        rid, fingerprint = req.request_id, req.features.fingerprint()
+        first = requests.get(rid)
+        known = stored[rid]["features_sha256"] if rid in stored else (first[1].features.fingerprint() if first else None)
+        if known is not None and known != fingerprint:
+            reason = f"duplicate request_id {rid}: already used with different features"
+            log.error("Dead-lettering message %s: %s", env.message_id, reason)
+            outcome.dead_letters.append(dead_letter_row(env, reason))
+            continue
+        requests.setdefault(rid, (env.message_id, req))  # the same request again: answered once
+
     todo = [(rid, mid, req) for rid, (mid, req) in requests.items() if rid not in stored]
     probabilities = predictor.predict_proba([req.features for _, _, req in todo])
     now = db.utcnow()
@@ -82,6 +92,7 @@ def answer_requests(
             "model_version": predictor.version,
             "predicted_at": now,
             "submitted_at": req.submitted_at,
+            "features_sha256": req.features.fingerprint(),
         }
         for (rid, mid, req), p in zip(todo, probabilities, strict=True)
     ]

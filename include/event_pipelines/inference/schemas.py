@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -21,6 +23,10 @@ class MachineFeatures(BaseModel):
 
     def vector(self) -> list[float]:
         return [float(getattr(self, f)) for f in FEATURES]
+
+    def fingerprint(self) -> str:
+        """Identity of the input: the same request_id must always come with the same features."""
+        return hashlib.sha256(json.dumps(self.vector()).encode()).hexdigest()
 
 
 class InferenceRequest(BaseModel):
