@@ -308,7 +308,7 @@ def start_kafka(
 
     if not (data_dir / "kafka-logs" / "meta.properties").exists():
         fmt = [*java, "-Xmx256m", KAFKA_STORAGE_TOOL, "format", "--ignore-formatted",
-               "-t", _random_cluster_id(), "-c", str(config)]  # fmt: skip
+               f"--cluster-id={_random_cluster_id()}", "-c", str(config)]  # "=": an id may start with "-"
         proc = subprocess.run(fmt, cwd=data_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with open(log_path, "a") as log:
             log.write(proc.stdout)
