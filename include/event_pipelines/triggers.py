@@ -149,6 +149,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.poll_timeout = poll_timeout
         self.partition_refresh_seconds = partition_refresh_seconds
         self._consumer: Any = None
+        self._from_beginning = True
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -166,11 +167,20 @@ class StreamingKafkaTrigger(BaseEventTrigger):
     def _open(self) -> Any:
         from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
 
-        return KafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id).get_conn
+        hook = KafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
+        reset = str(hook.get_connection(self.kafka_config_id).extra_dejson.get("auto.offset.reset", "latest"))
+        self._from_beginning = reset.lower() in ("earliest", "smallest", "beginning")
+        return hook.get_conn
 
     def _assign(self, consumer: Any, assigned: set[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Assign every partition of the topics (new ones included); positions start at the committed offsets."""
-        from confluent_kafka import TopicPartition
+        """Assign every partition of the topics (new ones included) at the group's committed offsets.
+
+        The committed offsets are fetched here, explicitly: on a fresh broker the group coordinator is not ready at
+        first (``NOT_COORDINATOR``), and an ``assign()`` left to fetch them itself then never starts reading. An error
+        raises, and ``run`` retries with back-off. A partition with no committed offset starts where the
+        connection's ``auto.offset.reset`` says.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
         wanted: set[tuple[str, int]] = set()
         for topic in self.topics:
@@ -178,10 +188,16 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             if meta.error is not None:
                 raise RuntimeError(f"topic {topic}: {meta.error}")
             wanted |= {(topic, p) for p in meta.partitions}
-        new = wanted - assigned
+        new = sorted(wanted - assigned)
         if new:
-            consumer.incremental_assign([TopicPartition(t, p) for t, p in sorted(new)])
-            self.log.info("Reading %s from the committed offsets of the consumer group", sorted(new))
+            positions = consumer.committed([TopicPartition(t, p) for t, p in new], timeout=30)
+            for tp in positions:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                if tp.offset < 0:
+                    tp.offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
+            consumer.incremental_assign(positions)
+            self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
         return wanted
 
     def _gather(self) -> list[dict[str, Any]]:
