@@ -23,51 +23,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 from devstack import publish
+from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
-from include.event_pipelines.messages import envelopes_from_asset_events
 
 DAG_OF = {"sqs": "inference_execution", "kafka": "iot_alerting"}
 MODE_OF = {"guide": "guide", "project": "stream"}
-
-
-def timeline(airflow_url: str, dag_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """message id -> first asset event time and the run (queued, started, ended, state) that consumed it; and how
-    many asset events carried each message."""
-    engine = create_engine(airflow_url)
-    sql = text(
-        "SELECT e.extra, e.timestamp, r.queued_at, r.start_date, r.end_date, r.state FROM asset_event e"
-        " JOIN dag_schedule_asset_reference s ON s.asset_id = e.asset_id AND s.dag_id = :d"
-        " LEFT JOIN dagrun_asset_event a ON a.event_id = e.id LEFT JOIN dag_run r ON r.id = a.dag_run_id"
-        " ORDER BY e.timestamp"
-    )
-    out: dict[str, dict[str, Any]] = {}
-    deliveries: dict[str, int] = {}
-    with engine.connect() as conn:  # one row per asset event (only this DAG consumes the asset)
-        for extra, ts, queued, start, end, state in conn.execute(sql, {"d": dag_id}):
-            extra = json.loads(extra) if isinstance(extra, str) else extra
-            for env in envelopes_from_asset_events([extra]):
-                deliveries[env.message_id] = deliveries.get(env.message_id, 0) + 1
-                row = out.setdefault(env.message_id, {"event": _t(ts)})
-                if start is not None and row.get("start") is None:
-                    row.update(queued=_t(queued), start=_t(start), end=_t(end), state=state)
-    return out, deliveries
-
-
-def _t(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -78,6 +78,33 @@ def message_runs(airflow: Engine, dag_id: str) -> dict[str, tuple[str, datetime 
     return out
 
 
+def timeline(airflow_url: str, dag_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """message id -> first asset event time and the run (queued, started, ended, state) that consumed it; and how
+    many asset events carried each message."""
+    engine = create_engine(airflow_url)
+    sql = text(
+        "SELECT e.extra, e.timestamp, r.queued_at, r.start_date, r.end_date, r.state FROM asset_event e"
+        " JOIN dag_schedule_asset_reference s ON s.asset_id = e.asset_id AND s.dag_id = :d"
+        " LEFT JOIN dagrun_asset_event a ON a.event_id = e.id LEFT JOIN dag_run r ON r.id = a.dag_run_id"
+        " ORDER BY e.timestamp"
+    )
+    out: dict[str, dict[str, Any]] = {}
+    deliveries: dict[str, int] = {}
+    with engine.connect() as conn:  # one row per asset event (only this DAG consumes the asset)
+        for extra, ts, queued, start, end, state in conn.execute(sql, {"d": dag_id}):
+            extra = json.loads(extra) if isinstance(extra, str) else extra
+            for env in envelopes_from_asset_events([extra]):
+                deliveries[env.message_id] = deliveries.get(env.message_id, 0) + 1
+                row = out.setdefault(env.message_id, {"event": _t(ts)})
+                if start is not None and row.get("start") is None:
+                    row.update(queued=_t(queued), start=_t(start), end=_t(end), state=state)
+    return out, deliveries
+
+
+def _t(value: Any) -> float | None:
+    return None if value is None else _ts(value).timestamp()
+
+
 def run_and_task_states(airflow: Engine, dag_id: str, run_ids: set[str]) -> tuple[Counter, Counter]:
     if not run_ids:
         return Counter(), Counter()
@@ -109,30 +136,33 @@ def _quarantine(events: Engine) -> dict[str, str]:
         return dict(conn.execute(select(t.c.delivery_id, t.c.reason)).all())
 
 
-def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
-    """Every alert for these devices on the alert topic, read from the beginning by a throwaway consumer group."""
+def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[Any]:
+    """Every record now on a topic, read from the beginning to the end offsets by a throwaway consumer group."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"summary-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False})
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        parts = [TopicPartition(topic, p, 0) for p in meta.partitions]
+        parts = [TopicPartition(topic, p, 0) for p in consumer.list_topics(topic, timeout=timeout).topics[topic].partitions]
         ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1] for p in parts}
         consumer.assign(parts)
-        alerts, done, deadline = [], {p for p, end in ends.items() if end == 0}, time.monotonic() + timeout
+        records, done, deadline = [], {p for p, end in ends.items() if end == 0}, time.monotonic() + timeout
         while len(done) < len(parts) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            alert = json.loads(msg.value())
-            if alert.get("device_id") in device_ids:
-                alerts.append(alert)
+            records.append(msg)
             if msg.offset() + 1 >= ends[msg.partition()]:
                 done.add(msg.partition())
-        return alerts
+        return records
     finally:
         consumer.close()
+
+
+def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
+    """Every alert for these devices on the alert topic."""
+    alerts = [json.loads(m.value()) for m in read_topic(bootstrap, topic, timeout)]
+    return [a for a in alerts if a.get("device_id") in device_ids]
 
 
 def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1) -> None:
@@ -168,28 +198,12 @@ def read_sqs_dlq(sqs: Any, dlq_url: str, seen: dict[str, str]) -> dict[str, str]
 
 def read_kafka_dlq(bootstrap: str, topic: str, timeout: float = 10) -> dict[str, str]:
     """source message id -> reason (from the headers) of every dead letter on a DLQ topic."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"summary-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(topic, p, 0) for p in consumer.list_topics(topic, timeout=timeout).topics[topic].partitions]
-        ends = {p.partition: consumer.get_watermark_offsets(p, timeout=timeout)[1] for p in parts}
-        consumer.assign(parts)
-        found: dict[str, str] = {}
-        done, deadline = {p for p, end in ends.items() if end == 0}, time.monotonic() + timeout
-        while len(done) < len(parts) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            headers = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
-            if "source_message_id" in headers:
-                found[headers["source_message_id"]] = headers.get("reason", "")
-            if msg.offset() + 1 >= ends[msg.partition()]:
-                done.add(msg.partition())
-        return found
-    finally:
-        consumer.close()
+    found: dict[str, str] = {}
+    for msg in read_topic(bootstrap, topic, timeout):
+        headers = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+        if "source_message_id" in headers:
+            found[headers["source_message_id"]] = headers.get("reason", "")
+    return found
 
 
 DLQ_OF = {"etl": ("sqs", "data-deliveries-dlq"), "inference": ("sqs", "inference-requests-dlq"),

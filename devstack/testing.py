@@ -15,8 +15,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
-
 from devstack import publish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,23 +92,8 @@ class Stack:
 
     def deliveries(self, dag_id: str, message_ids: set[str]) -> Counter:
         """How many asset events carried each of these messages (1 = delivered once; more = redelivered)."""
-        airflow = create_engine(self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-        counts: Counter = Counter()
-        sql = text("SELECT e.extra FROM asset_event e JOIN dag_schedule_asset_reference r ON r.asset_id = e.asset_id"
-                   " WHERE r.dag_id = :d")
-        from include.event_pipelines.messages import envelopes_from_asset_events
-
-        with airflow.connect() as conn:
-            for (extra,) in conn.execute(sql, {"d": dag_id}):
-                extra = json.loads(extra) if isinstance(extra, str) else extra
-                if extra.get("payload"):
-                    payload = extra["payload"]
-                    batch = payload.get("message_batch") or payload.get("records") or [payload]
-                    for item in batch:
-                        mid = item.get("MessageId") or item.get("message_id")
-                        if mid in message_ids:
-                            counts[mid] += 1
-        return counts
+        _, counts = summary.timeline(self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], dag_id)
+        return Counter({m: n for m, n in counts.items() if m in message_ids})
 
 
 def unavailable_reason() -> str | None:
