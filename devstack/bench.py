@@ -1,24 +1,34 @@
 """``make bench``: event-to-run latency and throughput on the real local stack, guide settings vs this project's.
 
-For each settings (``guide``: ``MessageQueueTrigger`` with the provider's defaults, as in Astronomer's guide;
+For each metadata database (``--db``: SQLite, the embedded default; PostgreSQL, what ``astro dev start`` runs) and
+each settings (``guide``: ``MessageQueueTrigger`` with the provider's defaults, as in Astronomer's guide;
 ``project``: this project's streaming triggers) a fresh native stack is started, and for each broker (SQS through
-``inference_execution``, Kafka through ``iot_alerting``) three workloads are published:
+``inference_execution``, Kafka through ``iot_alerting``) three workloads are published by long-lived clients:
 
-* ``latency``: single messages spaced apart; p50/p95/max of publish -> DAG run start;
-* ``burst``: many messages at once; ``max_s`` is first publish -> last run finished;
-* ``sustained``: a steady rate for a while; ``msgs_per_s`` is the rate into asset events.
+* ``latency``: single messages into a system at rest (each one after the previous one's run finished, at a random
+  phase); p50/p95/max of publish -> DAG run start;
+* ``burst``: ``1000 x scale`` messages at once; ``max_s`` is first publish -> last run finished;
+* ``sustained``: a steady rate (SQS 200/s, Kafka 500/s: the targets) for 20 s; ``msgs_per_s`` is the rate into
+  asset events (first publish -> last asset event), ``event_p95_s`` says whether the triggers kept up.
 
 Every hop comes from Airflow's own records (``asset_event.timestamp``, ``dag_run.queued_at/start_date/end_date``)
 and the publisher's timestamps. A message counts as ``lost`` if no run processed it within the scenario's bounded
 wait (``timed_out`` says the wait ran out); ``duplicated`` counts extra deliveries (asset events) of a message.
-Writes ``bench/results.json`` and prints a table. Bounded: every wait has a deadline; the stack is stopped at the
-end, whatever happens.
+Before the workloads, with the stack idle, the CPU of each Airflow component is sampled (``--idle`` seconds); the
+DAG folder's parse time is measured once, in a fresh interpreter.
+
+Writes ``bench/results.json`` (the rows) and ``bench/checks.json`` (parse times, idle CPU, machine) and prints both.
+Bounded: every wait has a deadline; each stack is stopped at the end, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +43,9 @@ from devstack.testing import ROOT, Stack, unavailable_reason
 
 DAG_OF = {"sqs": "inference_execution", "kafka": "iot_alerting"}
 MODE_OF = {"guide": "guide", "project": "stream"}
+SUSTAINED_RATE = {"sqs": 200, "kafka": 500}
+SUSTAINED_SECONDS = 20
+LATENCY_RUN_WAIT_S = 90  # per message of the latency scenario (the guide's SQS trigger sleeps 60 s when idle)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -42,111 +55,236 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 2)
 
 
-def measure(stack: Stack, broker: str, records: list[dict[str, Any]], scenario: str, settings: str,
-            wait: float) -> dict[str, Any]:
-    dag_id = DAG_OF[broker]
-    ids = {r["message_id"] for r in records}
-    published = {r["message_id"]: datetime.fromisoformat(r["published_at"]).timestamp() for r in records}
+def _published(records: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["message_id"]: datetime.fromisoformat(r["published_at"]).timestamp() for r in records}
+
+
+def wait_finished(stack: Stack, dag_id: str, ids: set[str], wait: float) -> dict[str, dict[str, Any]]:
+    """Poll Airflow's tables until every message's run finished or the wait runs out; the messages' timelines."""
     deadline = time.monotonic() + wait
     url = stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     while True:
         seen, deliveries = timeline(url, dag_id)
         done = [m for m in ids if seen.get(m, {}).get("state") in ("success", "failed")]
         if len(done) == len(ids) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
+            return {"seen": seen, "deliveries": deliveries}
+        time.sleep(1)
+
+
+def measure(stack: Stack, db: str, broker: str, records: list[dict[str, Any]], scenario: str, settings: str,
+            wait: float) -> dict[str, Any]:
+    ids = {r["message_id"] for r in records}
+    published = _published(records)
+    state = wait_finished(stack, DAG_OF[broker], ids, wait)
+    seen, deliveries = state["seen"], state["deliveries"]
     mine = {m: seen[m] for m in ids if m in seen}
-    waits = [mine[m]["start"] - published[m] for m in mine if mine[m].get("start")]
+    done = [m for m in mine if mine[m].get("state") in ("success", "failed")]
+
+    def hop(name: str, q: float) -> float | None:
+        return _pct([mine[m][name] - published[m] for m in mine if mine[m].get(name)], q)
+
     events = [mine[m]["event"] for m in mine]
     first_pub = min(published.values())
     ends = [mine[m]["end"] for m in mine if mine[m].get("end")]
     row = {
+        "database": db,
         "broker": broker,
         "settings": settings,
         "scenario": scenario,
-        "p50_s": _pct(waits, 0.5),
-        "p95_s": _pct(waits, 0.95),
-        "max_s": round(max(ends) - first_pub, 2) if scenario == "burst" and ends else _pct(waits, 1.0),
+        "p50_s": hop("start", 0.5),
+        "p95_s": hop("start", 0.95),
+        "max_s": round(max(ends) - first_pub, 2) if scenario == "burst" and ends else hop("start", 1.0),
         "msgs_per_s": round(len(events) / max(max(events) - first_pub, 1e-3), 1) if events else 0.0,
         "sent": len(ids),
         "lost": len(ids) - len(done),
         "duplicated": sum(max(0, deliveries.get(m, 0) - 1) for m in ids),
         "timed_out": len(done) < len(ids),
-        "event_p50_s": _pct([mine[m]["event"] - published[m] for m in mine], 0.5),
         "runs": len({(mine[m].get("queued"), mine[m].get("start")) for m in mine if mine[m].get("start")}),
+        "failed_runs": len({mine[m].get("start") for m in done if mine[m]["state"] == "failed"}),
+        "event_p50_s": hop("event", 0.5),
+        "event_p95_s": hop("event", 0.95),
+        "queued_p50_s": hop("queued", 0.5),
+        "finished_p50_s": hop("end", 0.5),
     }
-    print(f"  {broker:<5} {settings:<7} {scenario:<9} " + json.dumps({k: row[k] for k in list(row)[3:]}), flush=True)
+    print(f"  {db:<8} {broker:<5} {settings:<7} {scenario:<9} " + json.dumps({k: row[k] for k in list(row)[4:]}),
+          flush=True)
     return row
 
 
 def workloads(stack: Stack, broker: str, scale: float) -> dict[str, Callable[[], list[dict[str, Any]]]]:
+    producer = publish.make_producer(stack.bootstrap) if broker == "kafka" else None
+    sqs = stack.sqs() if broker == "sqs" else None
+
     def pub(count: int, rate: float, run_id: str) -> list[dict[str, Any]]:
         if broker == "sqs":
-            return publish.publish_inference(count, run_id=run_id, rate=rate, target=stack.target)
-        return publish.publish_iot(count, devices=10, run_id=run_id, rate=rate, bootstrap=stack.bootstrap)
+            return publish.publish_inference(count, run_id=run_id, rate=rate, target=stack.target, sqs_client=sqs)
+        return publish.publish_iot(count, devices=50, run_id=run_id, rate=rate, producer=producer)
 
     def latency() -> list[dict[str, Any]]:
-        records = []
-        for i in range(max(3, int(8 * scale))):
-            records += pub(1, 0, f"lat{broker}{i}x{int(time.time())}")
-            time.sleep(5)
+        records: list[dict[str, Any]] = []
+        for i in range(max(3, int(10 * scale))):
+            time.sleep(1 + random.random())  # at rest, at a random phase of the components' loops
+            one = pub(1, 0, f"lat{broker}{i}x{int(time.time())}")
+            wait_finished(stack, DAG_OF[broker], {one[0]["message_id"]}, LATENCY_RUN_WAIT_S)
+            records += one
         return records
 
+    rate = SUSTAINED_RATE[broker]
     return {
         "latency": latency,
-        "burst": lambda: pub(int(500 * scale), 0, f"burst{broker}{int(time.time())}"),
-        "sustained": lambda: pub(int((50 if broker == "sqs" else 100) * 20 * scale),
-                                 50 if broker == "sqs" else 100, f"sus{broker}{int(time.time())}"),
+        "burst": lambda: pub(max(10, int(1000 * scale)), 0, f"burst{broker}{int(time.time())}"),
+        "sustained": lambda: pub(max(10, int(rate * SUSTAINED_SECONDS * scale)), rate, f"sus{broker}{int(time.time())}"),
     }
 
 
-def run(settings_list: list[str], brokers: list[str], scale: float, wait: float) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (a component and its children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the ")" of the command name
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
+    """% of one core used by each Airflow component (with its children) while nothing is published."""
+    run = Path(stack.info["DEVSTACK_RUN"])
+    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in
+             ("triggerer", "scheduler", "dag-processor", "api-server")}
+    before = {n: _group_cpu_seconds(g) for n, g in pgids.items()}
+    time.sleep(seconds)
+    return {n: round(100 * (_group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}
+
+
+PARSE_SCRIPT = """
+import json, time
+from pathlib import Path
+import airflow.sdk  # the interpreter's own start-up is not the DAG folder's cost
+from airflow.dag_processing.dagbag import DagBag
+start = time.perf_counter()
+bag = DagBag(dag_folder=str(Path("dags").resolve()))
+total = time.perf_counter() - start
+print(json.dumps({"dags_folder_s": round(total, 3), "dags": len(bag.dags), "errors": len(bag.import_errors),
+                  "files_s": {Path(s.file).name: round(s.duration.total_seconds(), 3) for s in bag.dagbag_stats}}))
+"""
+
+
+def parse_time() -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW_HOME": tempfile.mkdtemp(prefix="bench-parse-")}
+    out = subprocess.run([sys.executable, "-c", PARSE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+    import airflow
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
+            "python": platform.python_version(), "airflow": airflow.__version__, "kernel": platform.release()}
+
+
+# --------------------------------------------------------------------------------------------------- driver
+
+
+def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios: list[str], scale: float,
+        wait: float, idle_seconds: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
-    for settings in settings_list:
-        with tempfile.TemporaryDirectory(prefix=f"bench-{settings}-") as home:
-            stack = Stack(Path(home))
-            stack.env["WATCHER_TRIGGERS"] = MODE_OF[settings]
-            try:
-                print(f"starting the stack with {settings} settings (WATCHER_TRIGGERS={MODE_OF[settings]})", flush=True)
-                stack.up()
-                for broker in brokers:
-                    for scenario, make in workloads(stack, broker, scale).items():
-                        rows.append(measure(stack, broker, make(), scenario, settings, wait))
-            finally:
-                stack.down()
-    return rows
+    idle: list[dict[str, Any]] = []
+    for db in dbs:
+        for settings in settings_list:
+            with tempfile.TemporaryDirectory(prefix=f"bench-{db}-{settings}-") as home:
+                stack = Stack(Path(home), db=db)
+                stack.env["WATCHER_TRIGGERS"] = MODE_OF[settings]
+                try:
+                    print(f"starting the stack on {db} with {settings} settings "
+                          f"(WATCHER_TRIGGERS={MODE_OF[settings]})", flush=True)
+                    stack.up()
+                    if idle_seconds > 0:
+                        time.sleep(10)  # let start-up work (first parses, first polls) settle
+                        cpu = idle_cpu(stack, idle_seconds)
+                        idle.append({"database": db, "settings": settings, "seconds": idle_seconds, "cpu_pct": cpu})
+                        print(f"  {db:<8} {settings:<7} idle CPU % of one core over {idle_seconds:.0f}s: {cpu}",
+                              flush=True)
+                    for broker in brokers:
+                        for scenario, make in workloads(stack, broker, scale).items():
+                            if scenario in scenarios:
+                                rows.append(measure(stack, db, broker, make(), scenario, settings, wait))
+                finally:
+                    stack.down()
+    return rows, idle
+
+
+def _f(v: Any) -> str:
+    return f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7}"
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    head = f"{'broker':<6} {'settings':<8} {'scenario':<10} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'msg/s':>7} " \
-           f"{'sent':>5} {'lost':>5} {'dup':>5}  runs  note"
+    head = (f"{'db':<8} {'broker':<6} {'settings':<8} {'scenario':<10} {'p50 s':>7} {'p95 s':>7} {'max s':>7} "
+            f"{'msg/s':>7} {'sent':>5} {'lost':>5} {'dup':>4} {'runs':>5}  {'event p50/p95 s':>15}  note")
     lines = [head]
     for r in rows:
-        f = lambda v: f"{v:7.2f}" if isinstance(v, (int, float)) else f"{'-':>7}"  # noqa: E731
-        note = "wait ran out" if r["timed_out"] else ""
-        lines.append(f"{r['broker']:<6} {r['settings']:<8} {r['scenario']:<10} {f(r['p50_s'])} {f(r['p95_s'])} "
-                     f"{f(r['max_s'])} {r['msgs_per_s']:7.1f} {r['sent']:>5} {r['lost']:>5} {r['duplicated']:>5}  "
-                     f"{r['runs']:>4}  {note}")
+        notes = (["wait ran out"] if r["timed_out"] else []) + ([f"{r['failed_runs']} failed run(s)"]
+                                                              if r.get("failed_runs") else [])
+        lines.append(f"{r['database']:<8} {r['broker']:<6} {r['settings']:<8} {r['scenario']:<10} {_f(r['p50_s'])} "
+                     f"{_f(r['p95_s'])} {_f(r['max_s'])} {r['msgs_per_s']:7.1f} {r['sent']:>5} {r['lost']:>5} "
+                     f"{r['duplicated']:>4} {r['runs']:>5}  {_f(r['event_p50_s'])}/{_f(r['event_p95_s']).strip():<7}"
+                     f"  {', '.join(notes)}")
+    return "\n".join(lines)
+
+
+def render_checks(checks: dict[str, Any]) -> str:
+    m, p = checks["machine"], checks["parse"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, "
+             f"Airflow {m['airflow']}",
+             f"dags/ parse (fresh interpreter, DagBag): {p['dags_folder_s']:.2f}s for {p['dags']} DAGs, "
+             f"{p['errors']} errors; per file: " + ", ".join(f"{k} {v:.2f}s" for k, v in p["files_s"].items())]
+    for i in checks["idle"]:
+        lines.append(f"idle CPU ({i['database']}, {i['settings']}, {i['seconds']:.0f}s), % of one core: "
+                     + ", ".join(f"{k} {v}" for k, v in i["cpu_pct"].items()))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"])
     parser.add_argument("--settings", nargs="+", default=["guide", "project"], choices=["guide", "project"])
     parser.add_argument("--brokers", nargs="+", default=["sqs", "kafka"], choices=["sqs", "kafka"])
+    parser.add_argument("--scenarios", nargs="+", default=["latency", "burst", "sustained"],
+                        choices=["latency", "burst", "sustained"])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
-    parser.add_argument("--wait", type=float, default=150, help="seconds each scenario may take to finish")
+    parser.add_argument("--wait", type=float, default=120, help="seconds each scenario may take to finish")
+    parser.add_argument("--idle", type=float, default=30, help="seconds of idle CPU sampling per stack (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args(argv)
-    reason = unavailable_reason()
-    if reason:
-        print(f"cannot benchmark: {reason}", file=sys.stderr)
-        return 2
+    for db in args.db:
+        reason = unavailable_reason(db)
+        if reason:
+            print(f"cannot benchmark on {db}: {reason}", file=sys.stderr)
+            return 2
     started = time.monotonic()
-    rows = run(args.settings, args.brokers, args.scale, args.wait)
+    checks: dict[str, Any] = {"machine": machine(), "parse": parse_time()}
+    rows, checks["idle"] = run(args.db, args.settings, args.brokers, args.scenarios, args.scale, args.wait, args.idle)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n{render(rows)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; written to {args.out}")
+    checks_out = args.out.with_name("checks.json")
+    checks_out.write_text(json.dumps(checks, indent=2) + "\n")
+    print(f"\n{render(rows)}\n\n{render_checks(checks)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; "
+          f"written to {args.out} and {checks_out}")
     return 0
 
 

@@ -63,6 +63,7 @@ DEFAULT_LANDING_DIR = ".devstack/data/landing"
 SQS_BATCH_MAX = 10  # entries per SendMessageBatch
 SQS_BATCH_MAX_BYTES = 256 * 1024  # total payload of one SendMessageBatch
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,40}$")  # fits every id pattern of the schemas
+SQS_BATCH_PACED_RATE = 20.0  # messages/s from which paced SQS sends go 10 per SendMessageBatch (one client thread)
 MAX_PACING_LAG_S = 1.0  # behind schedule by more than this: restart the schedule instead of bursting to catch up
 KAFKA_FLUSH_TIMEOUT_S = 60.0
 
@@ -380,10 +381,13 @@ def _sqs_batches(messages: Iterable[OutMessage]) -> Iterator[list[OutMessage]]:
 def send_sqs(
     pipeline: Pipeline, client: Any, queue_url: str, messages: Iterable[OutMessage], rate: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """``SendMessageBatch`` (10 per call) when ``rate`` is 0, else one paced ``SendMessage`` each."""
+    """``SendMessageBatch`` (10 per call) when ``rate`` is 0 or at least ``SQS_BATCH_PACED_RATE`` (then the batches
+    are paced at ``rate / 10``), else one paced ``SendMessage`` each."""
     records: list[dict[str, Any]] = []
-    if rate <= 0:
+    if rate <= 0 or rate >= SQS_BATCH_PACED_RATE:
+        batch_pacer = Pacer(rate / 10)
         for batch in _sqs_batches(messages):
+            batch_pacer.wait()
             entries = [{"Id": str(n), "MessageBody": m.body.decode("utf-8")} for n, m in enumerate(batch)]
             try:
                 resp = client.send_message_batch(QueueUrl=queue_url, Entries=entries)

@@ -1,12 +1,16 @@
-"""Turn ``airflow_settings.yaml`` (Astro's ``conn_*`` schema) into ``AIRFLOW_CONN_*`` variables for the native runner.
+"""The project's Astro settings, for the native runner: the same files serve ``astro dev start`` and ``make up``.
 
-The same file serves ``astro dev start`` and the native runner: only endpoints differ, so the runner overrides
-hosts (``sqs:9324`` -> ``127.0.0.1:9324`` ...) and the SQLite file path, and nothing else.
+* ``airflow_settings.yaml`` (Astro's ``conn_*`` schema) becomes ``AIRFLOW_CONN_*`` variables. Only endpoints differ,
+  so the runner overrides hosts (``sqs:9324`` -> ``127.0.0.1:9324`` ...) and the SQLite file path, nothing else.
+* The ``ENV AIRFLOW__...`` lines of the ``Dockerfile`` (the Airflow configuration baked into the Astro image) are
+  applied as they are.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,3 +63,23 @@ def connection_env(
         f"AIRFLOW_CONN_{c['conn_id'].upper()}": connection_json(c, endpoints, sqlite_path)
         for c in load_connections(settings)
     }
+
+
+_ENV_LINE = re.compile(r"^\s*ENV\s+(.+)$", re.IGNORECASE)
+
+
+def dockerfile_env(dockerfile: Path, prefix: str = "AIRFLOW__") -> dict[str, str]:
+    """``ENV KEY=VALUE`` (several per line allowed, shell quoting) and ``ENV KEY VALUE`` lines whose key starts
+    with ``prefix``. Continuation lines are not supported: the project's Dockerfile keeps one ``ENV`` per line."""
+    out: dict[str, str] = {}
+    for line in dockerfile.read_text().splitlines():
+        match = _ENV_LINE.match(line)
+        if not match:
+            continue
+        words = shlex.split(match.group(1), comments=True)
+        if words and "=" not in words[0]:
+            pairs = [(words[0], " ".join(words[1:]))]
+        else:
+            pairs = [tuple(w.split("=", 1)) for w in words]  # type: ignore[misc]
+        out.update({k: v for k, v in pairs if k.startswith(prefix)})
+    return out

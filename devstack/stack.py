@@ -3,6 +3,7 @@
     python -m devstack.stack up       # brokers + scheduler, dag-processor, triggerer, api-server; DAGs unpaused
     python -m devstack.stack down     # stops everything it started, by PID, whatever state it is in
     python -m devstack.stack status
+    DEVSTACK_DB=postgres python -m devstack.stack up   # Airflow on a private PostgreSQL server instead of SQLite
 
 Each Airflow component is its own process in its own session (so ``down`` signals the whole group: LocalExecutor
 workers, ``serve-logs``, API workers), with a PID file and a log in ``.devstack/run``. Every process carries
@@ -26,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import brokers
-from devstack.settings import connection_env
+from devstack import brokers, postgres
+from devstack.settings import connection_env, dockerfile_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("DEVSTACK_HOME", ROOT / ".devstack")).resolve()
@@ -36,6 +37,10 @@ CACHE = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache")).res
 AIRFLOW_HOME = STATE / "airflow"
 DATA = STATE / "data"
 API_PORT = int(os.environ.get("DEVSTACK_API_PORT", "8080"))
+# Airflow's metadata database: "sqlite" (the default, nothing to install) or "postgres" (what `astro dev start` runs;
+# a private server from Debian's packages, see devstack/postgres.py). The pipelines' own sink stays `events_db`.
+DB = os.environ.get("DEVSTACK_DB", "sqlite")
+PG_DATA = STATE / "postgres"
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 DAG_IDS = ("data_delivery_etl", "iot_alerting", "inference_execution")
 SQS_ENDPOINT = f"http://{brokers.HOST}:{brokers.SQS_PORT}"
@@ -61,16 +66,25 @@ def _secret() -> str:
     return path.read_text().strip()
 
 
+def metadata_db_url() -> str:
+    if DB == "postgres":
+        return postgres.url()
+    if DB != "sqlite":
+        raise StackError(f"DEVSTACK_DB={DB!r}: use sqlite or postgres")
+    return f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
+
+
 def airflow_env() -> dict[str, str]:
     """The environment of every Airflow process of the native stack (and of the publisher and the tests)."""
     env = dict(os.environ)
+    env.update(dockerfile_env(ROOT / "Dockerfile"))
     env.update(connection_env(ROOT / "airflow_settings.yaml", sqlite_path=DATA / "events.db"))
     env.update(
         {
             MARKER: str(STATE),
             "PYTHONPATH": str(ROOT),
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url(),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -147,7 +161,7 @@ def watcher_status(env: dict[str, str]) -> dict[str, Any]:
     from sqlalchemy import text
 
     with airflow_db(env).connect() as conn:
-        dags = dict(conn.execute(text("SELECT dag_id, is_paused FROM dag WHERE is_stale = 0")).all())
+        dags = dict(conn.execute(text("SELECT dag_id, is_paused FROM dag WHERE NOT is_stale")).all())
         running = conn.execute(
             text(
                 "SELECT COUNT(*) FROM asset_watcher w JOIN \"trigger\" t ON t.id = w.trigger_id"
@@ -176,6 +190,8 @@ def up(timeout: float = 240) -> dict[str, str]:
     for d in (RUN, CACHE, AIRFLOW_HOME, DATA / "landing", DATA / "quarantine", STATE / "faults"):
         d.mkdir(parents=True, exist_ok=True)
     endpoints = brokers.up(CACHE, RUN)
+    if DB == "postgres":
+        endpoints["metadata_db"] = postgres.start(PG_DATA, RUN / "postgres.log")
     env = airflow_env()
     subprocess.run([_airflow(), "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
     for name in COMPONENTS:
@@ -222,6 +238,7 @@ def down(timeout: float = 30) -> list[int]:
     for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
         stop_component(name, timeout)
     brokers.down(RUN)
+    postgres.stop(PG_DATA)  # whatever DEVSTACK_DB says now: stop what an earlier `up` started
     leftovers = _marked_pids()
     for pid in leftovers:
         try:
@@ -237,6 +254,8 @@ def status() -> dict[str, Any]:
         out[name] = brokers.running_pid(_pid_file(name))
     for name in ("kafka", "elasticmq"):
         out[name] = brokers.running_pid(RUN / f"{name}.pid")
+    if DB == "postgres":
+        out["postgres"] = postgres.running(PG_DATA)
     return out
 
 
@@ -287,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(status(), indent=2))
         return 0 if all(status().values()) else 3
     elif args.command == "env-json":
-        print(json.dumps({**airflow_env(), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN)}))
+        print(json.dumps({**airflow_env(), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN), "DEVSTACK_DB": DB}))
     else:
         env = airflow_env()
         for key in sorted(k for k in env if k.startswith(("AIRFLOW", "SQS_", "KAFKA_", "LANDING", "QUARANTINE"))):

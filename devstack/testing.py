@@ -15,15 +15,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devstack import publish, summary
+from devstack import postgres, publish, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = (9092, 9093, 9324, 9325, 8080)
 
 
 class Stack:
-    def __init__(self, home: Path) -> None:
-        self.env = {**os.environ, "DEVSTACK_HOME": str(home), "DEVSTACK_CACHE": str(ROOT / ".devstack" / "cache")}
+    def __init__(self, home: Path, db: str | None = None) -> None:
+        db = db or os.environ.get("DEVSTACK_DB", "sqlite")
+        self.env = {**os.environ, "DEVSTACK_HOME": str(home), "DEVSTACK_CACHE": str(ROOT / ".devstack" / "cache"),
+                    "DEVSTACK_DB": db}
         self.info: dict[str, Any] = {}
         self.seen: dict[str, dict] = {}  # replies and dead letters already read off their queues
 
@@ -96,11 +98,14 @@ class Stack:
         return Counter({m: n for m, n in counts.items() if m in message_ids})
 
 
-def unavailable_reason() -> str | None:
+def unavailable_reason(db: str | None = None) -> str | None:
+    db = db or os.environ.get("DEVSTACK_DB", "sqlite")
     if not (shutil.which("java") and shutil.which("mvn")):
         return "java and mvn are needed to run the real brokers (apt-get install default-jdk-headless maven)"
+    if db == "postgres" and postgres.unavailable_reason():
+        return postgres.unavailable_reason()
     taken = []
-    for port in PORTS:
+    for port in PORTS + ((postgres.PORT,) if db == "postgres" else ()):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 taken.append(port)

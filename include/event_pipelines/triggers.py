@@ -12,9 +12,9 @@ guarantees" and "Performance"):
   triggerer can persist (~55-60 events/s on SQLite), and it cannot batch: a record counts as resolved as soon as
   its filter pulls the next one.
 
-These triggers never exit. Each ``TriggerEvent`` carries up to ``max_messages_per_event`` messages gathered within
-``linger_seconds``, in the same payload shapes the pipelines already read (``message_batch`` for SQS, ``records``
-for Kafka). Nothing is acknowledged here:
+These triggers never exit. Each ``TriggerEvent`` carries up to ``max_messages_per_event`` messages, in the same
+payload shapes the pipelines already read (``message_batch`` for SQS, ``records`` for Kafka): after a quiet spell
+the first message goes out at once; in a stream, at most one event per ``linger_seconds`` (``_pack_until``). Nothing is acknowledged here:
 
 * **SQS**: messages are received with a short ``visibility_timeout`` (30 s). The run's first task extends it to the
   run's budget, and the run deletes each message once its effect is committed. If the triggerer dies before the
@@ -46,6 +46,18 @@ log = logging.getLogger(__name__)
 RETRY_DELAYS = (1, 2, 5, 10)
 
 
+def _pack_until(last_event_at: float, linger_seconds: float) -> float:
+    """Until when to keep packing messages into the event being gathered (a monotonic time).
+
+    After a quiet spell (no event for ``linger_seconds``) the first message goes out at once, with only what is
+    already waiting behind it: a lone message is not held back. Within ``linger_seconds`` of the last event (a
+    stream), the trigger keeps gathering until ``linger_seconds`` after that event: at most one event per
+    ``linger_seconds`` per watcher, each carrying up to ``max_messages_per_event`` messages. That keeps the
+    triggerer, which stores each event in its own database transaction, far from its events-per-second ceiling.
+    """
+    return max(time.monotonic(), last_event_at + linger_seconds)
+
+
 class StreamingSqsTrigger(BaseEventTrigger):
     """Long-poll an SQS queue forever; one event per gathered batch; never deletes."""
 
@@ -68,6 +80,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
         self.linger_seconds = linger_seconds
         self.wait_time_seconds = wait_time_seconds
         self.visibility_timeout = visibility_timeout
+        self._last_event_at = 0.0
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -96,14 +109,19 @@ class StreamingSqsTrigger(BaseEventTrigger):
         ]
 
     async def gather(self, client: Any) -> list[dict[str, Any]]:
-        """Block (long poll) for the first messages, then take what is there until full or the linger ends."""
+        """Block (long poll) for the first messages, then pack what follows them (see ``_pack_until``)."""
         batch = await self._receive(client, self.wait_time_seconds)
-        deadline = time.monotonic() + self.linger_seconds
-        while batch and len(batch) < self.max_messages_per_event and time.monotonic() < deadline:
-            more = await self._receive(client, 0)
-            if not more:
-                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-            batch += more
+        if batch:
+            deadline = _pack_until(self._last_event_at, self.linger_seconds)
+            while len(batch) < self.max_messages_per_event:
+                more = await self._receive(client, 0)
+                batch += more
+                now = time.monotonic()
+                if not more:
+                    if now >= deadline:
+                        break
+                    await asyncio.sleep(min(0.05, deadline - now))
+            self._last_event_at = time.monotonic()
         return batch
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -150,6 +168,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.partition_refresh_seconds = partition_refresh_seconds
         self._consumer: Any = None
         self._from_beginning = True
+        self._last_event_at = 0.0
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -200,27 +219,34 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
         return wanted
 
-    def _gather(self) -> list[dict[str, Any]]:
-        """Block up to ``poll_timeout`` for the first record, then take records until full or the linger ends."""
+    def gather(self) -> list[dict[str, Any]]:
+        """Block up to ``poll_timeout`` for the first record, then pack what follows it (see ``_pack_until``)."""
+        records = self._take(1, self.poll_timeout)  # returns on the first record
+        if records:
+            deadline = _pack_until(self._last_event_at, self.linger_seconds)
+            while len(records) < self.max_messages_per_event:
+                remaining = deadline - time.monotonic()
+                # until the batch is full or the deadline passes; after it, only what is already fetched
+                more = self._take(self.max_messages_per_event - len(records), max(0.0, remaining))
+                records += more
+                if remaining <= 0 or not more:
+                    break
+            self._last_event_at = time.monotonic()
+        return records
+
+    def _take(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        """Up to ``count`` records: ``consume`` returns when it has them all or ``timeout`` has passed."""
         from confluent_kafka import KafkaError
 
-        records: list[dict[str, Any]] = []
-        deadline: float | None = None
-        while len(records) < self.max_messages_per_event:
-            timeout = self.poll_timeout if deadline is None else max(0.0, deadline - time.monotonic())
-            messages = self._consumer.consume(num_messages=self.max_messages_per_event - len(records), timeout=timeout)
-            for m in messages:
-                err = m.error()
-                if err is None:
-                    records.append(kafka_message_to_event(m))
-                elif err.code() != KafkaError._PARTITION_EOF:
-                    if err.fatal():
-                        raise RuntimeError(f"fatal Kafka error: {err}")
-                    self.log.warning("Kafka: %s (retrying)", err)
-            if records and deadline is None:
-                deadline = time.monotonic() + self.linger_seconds
-            if deadline is None or time.monotonic() >= deadline:
-                break
+        records = []
+        for m in self._consumer.consume(num_messages=count, timeout=timeout):
+            err = m.error()
+            if err is None:
+                records.append(kafka_message_to_event(m))
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise RuntimeError(f"fatal Kafka error: {err}")
+                self.log.warning("Kafka: %s (retrying)", err)
         return records
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -231,7 +257,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 assigned = await sync_to_async(self._assign)(self._consumer, set())
                 refreshed = time.monotonic()
                 while True:
-                    records = await sync_to_async(self._gather)()
+                    records = await sync_to_async(self.gather)()
                     failures = 0
                     if records:
                         yield TriggerEvent({"source": "kafka_batch", "records": records})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from airflow.models import Connection
 
-from devstack.settings import connection_env
+from devstack.settings import connection_env, dockerfile_env
 from include.event_pipelines.messages import Envelope
 from include.event_pipelines.runstats import summarize
 
@@ -38,3 +38,13 @@ def test_run_stats_use_the_producer_timestamp() -> None:
     ]
     assert summarize(start, envs, "submitted_at") == {"messages": 5, "wait_p50_s": 4.0, "wait_max_s": 10.0}
     assert summarize(start, [], "submitted_at") == {"messages": 0, "wait_p50_s": None, "wait_max_s": None}
+
+
+def test_native_runner_applies_the_dockerfile_airflow_config(tmp_path: Path) -> None:
+    shipped = dockerfile_env(ROOT / "Dockerfile")
+    assert shipped["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] == "0.2"
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(
+        "FROM x\nENV AIRFLOW__A__B=1 OTHER=2 AIRFLOW__C__D='two words'\nenv AIRFLOW__E__F 3 4\n# ENV AIRFLOW__G__H=5\n"
+    )
+    assert dockerfile_env(dockerfile) == {"AIRFLOW__A__B": "1", "AIRFLOW__C__D": "two words", "AIRFLOW__E__F": "3 4"}
