@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-unit model up down demo bench status clean
+.PHONY: venv test test-faults test-postgres test-unit model up down demo bench status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: venv
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
 	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider tests/faults
+
+## test-postgres: the end-to-end tests again with Airflow on PostgreSQL (as `astro dev start`; needs Debian's postgresql)
+test-postgres: venv
+	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider tests/e2e
 
 ## test-unit: only the logic in include/ (no Airflow process, no broker)
 test-unit: venv

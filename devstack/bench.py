@@ -8,7 +8,7 @@ each settings (``guide``: ``MessageQueueTrigger`` with the provider's defaults, 
 * ``latency``: single messages into a system at rest (each one after the previous one's run finished, at a random
   phase); p50/p95/max of publish -> DAG run start;
 * ``burst``: ``1000 x scale`` messages at once; ``max_s`` is first publish -> last run finished;
-* ``sustained``: a steady rate (SQS 200/s, Kafka 500/s: the targets) for 20 s; ``msgs_per_s`` is the rate into
+* ``sustained``: a steady rate (SQS 250/s, Kafka 625/s: 1.25 x the targets) for 20 s; ``msgs_per_s`` is the rate into
   asset events (first publish -> last asset event), ``event_p95_s`` says whether the triggers kept up.
 
 Every hop comes from Airflow's own records (``asset_event.timestamp``, ``dag_run.queued_at/start_date/end_date``)
@@ -43,7 +43,7 @@ from devstack.testing import ROOT, Stack, unavailable_reason
 
 DAG_OF = {"sqs": "inference_execution", "kafka": "iot_alerting"}
 MODE_OF = {"guide": "guide", "project": "stream"}
-SUSTAINED_RATE = {"sqs": 200, "kafka": 500}
+SUSTAINED_RATE = {"sqs": 250, "kafka": 625}  # 1.25 x the targets (200, 500): a rate we merely match says little
 SUSTAINED_SECONDS = 20
 LATENCY_RUN_WAIT_S = 90  # per message of the latency scenario (the guide's SQS trigger sleeps 60 s when idle)
 
@@ -247,6 +247,25 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_ratios(rows: list[dict[str, Any]]) -> str:
+    """guide / project, side by side: how many times slower (latency) and faster (rate, finished) the project is."""
+    by = {(r["database"], r["broker"], r["scenario"], r["settings"]): r for r in rows}
+    lines = []
+    for (db, broker, scenario, settings), project in by.items():
+        guide = by.get((db, broker, scenario, "guide"))
+        if settings != "project" or guide is None:
+            continue
+        parts = []
+        if project["p50_s"] and guide["p50_s"]:
+            parts.append(f"p50 start {guide['p50_s']:.2f}s -> {project['p50_s']:.2f}s (x{guide['p50_s'] / project['p50_s']:.1f})")
+        if scenario != "latency":
+            parts.append(f"into asset events {guide['msgs_per_s']:.1f} -> {project['msgs_per_s']:.1f} msg/s")
+            parts.append(f"processed in the wait {guide['sent'] - guide['lost']} -> {project['sent'] - project['lost']}"
+                         f" of {project['sent']}")
+        lines.append(f"{db:<8} {broker:<5} {scenario:<9} " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def render_checks(checks: dict[str, Any]) -> str:
     m, p = checks["machine"], checks["parse"]
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, "
@@ -270,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=120, help="seconds each scenario may take to finish")
     parser.add_argument("--idle", type=float, default=30, help="seconds of idle CPU sampling per stack (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rows (and idle figures) of --out for the databases/settings not run now")
     args = parser.parse_args(argv)
     for db in args.db:
         reason = unavailable_reason(db)
@@ -279,11 +300,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     checks: dict[str, Any] = {"machine": machine(), "parse": parse_time()}
     rows, checks["idle"] = run(args.db, args.settings, args.brokers, args.scenarios, args.scale, args.wait, args.idle)
+    checks_out = args.out.with_name("checks.json")
+    if args.keep and args.out.exists():
+        rerun = {(d, s) for d in args.db for s in args.settings}
+        rows = [r for r in json.loads(args.out.read_text()) if (r["database"], r["settings"]) not in rerun] + rows
+        if checks_out.exists():
+            kept = json.loads(checks_out.read_text()).get("idle", [])
+            checks["idle"] = [i for i in kept if (i["database"], i["settings"]) not in rerun] + checks["idle"]
+    order = {"sqlite": 0, "postgres": 1, "guide": 0, "project": 1, "sqs": 0, "kafka": 1}
+    rows.sort(key=lambda r: (order[r["database"]], order[r["broker"]], order[r["settings"]]))  # stable: scenarios
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    checks_out = args.out.with_name("checks.json")
     checks_out.write_text(json.dumps(checks, indent=2) + "\n")
-    print(f"\n{render(rows)}\n\n{render_checks(checks)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; "
+    print(f"\n{render(rows)}\n\nguide -> project:\n{render_ratios(rows)}\n\n{render_checks(checks)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; "
           f"written to {args.out} and {checks_out}")
     return 0
 

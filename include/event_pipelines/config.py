@@ -53,8 +53,9 @@ WATCHER_TRIGGERS: str = os.getenv("WATCHER_TRIGGERS", "stream")
 SQS_MESSAGES_PER_EVENT: int = int(os.getenv("SQS_MESSAGES_PER_EVENT", "100"))
 KAFKA_MESSAGES_PER_EVENT: int = int(os.getenv("KAFKA_MESSAGES_PER_EVENT", "500"))
 EVENT_LINGER_SECONDS: float = float(os.getenv("EVENT_LINGER_SECONDS", "0.25"))
-# Streaming SQS trigger: how long a received message stays invisible until its run extends it (the bound on how long
-# a message received by a triggerer that then died waits before it is received again).
+# Streaming SQS trigger: how long a received message stays invisible at first (the bound on how long a message
+# received by a triggerer that then died waits before it is received again). Half of it after the message's event
+# was handed to the triggerer, the trigger extends it to SQS_VISIBILITY_TIMEOUT, the run's budget.
 SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIMEOUT", "20"))
 
 IOT_DLQ_TOPIC: str = os.getenv("IOT_DLQ_TOPIC", "iot-readings-dlq")

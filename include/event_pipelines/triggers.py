@@ -16,9 +16,10 @@ These triggers never exit. Each ``TriggerEvent`` carries up to ``max_messages_pe
 payload shapes the pipelines already read (``message_batch`` for SQS, ``records`` for Kafka): after a quiet spell
 the first message goes out at once; in a stream, at most one event per ``linger_seconds`` (``_pack_until``). Nothing is acknowledged here:
 
-* **SQS**: messages are received with a short ``visibility_timeout`` (30 s). The run's first task extends it to the
-  run's budget, and the run deletes each message once its effect is committed. If the triggerer dies before the
-  event is stored, the messages reappear within the short timeout and are received again.
+* **SQS**: messages are received with a short ``visibility_timeout`` (20 s here). If the triggerer dies before the
+  event is stored, the messages reappear within it and are received again. Once the event has been stored (half
+  that timeout later), the trigger extends them to the run's budget (300 s), and so does the run's first task; the
+  run deletes each message once its effect is committed.
 * **Kafka**: the consumer uses ``assign()`` (no group membership) and starts from the group's committed offsets.
   Offsets are committed by the run's last task, after its effects are durable (``commit_offsets``), never moving
   backwards. After a triggerer restart, everything not yet committed is read again. Duplicates are absorbed by the
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -59,7 +61,14 @@ def _pack_until(last_event_at: float, linger_seconds: float) -> float:
 
 
 class StreamingSqsTrigger(BaseEventTrigger):
-    """Long-poll an SQS queue forever; one event per gathered batch; never deletes."""
+    """Long-poll an SQS queue forever; one event per gathered batch; never deletes.
+
+    Messages are received with a short ``visibility_timeout``: if the triggerer dies before their event is stored,
+    they come back soon. ``handover_after_seconds`` after an event was handed to the triggerer (which stores it
+    within about a second), the trigger extends its messages' visibility to ``handover_visibility_timeout``, the
+    run's budget: a message whose run is slow to start is not received again (which would be a duplicate, and
+    would count towards the queue's redrive ``maxReceiveCount``). A message already deleted by its run is skipped.
+    """
 
     def __init__(
         self,
@@ -71,6 +80,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
         linger_seconds: float = 0.25,
         wait_time_seconds: int = 20,
         visibility_timeout: int = 30,
+        handover_after_seconds: float = 10.0,
+        handover_visibility_timeout: int = 300,
     ) -> None:
         super().__init__()
         self.sqs_queue = sqs_queue
@@ -80,7 +91,10 @@ class StreamingSqsTrigger(BaseEventTrigger):
         self.linger_seconds = linger_seconds
         self.wait_time_seconds = wait_time_seconds
         self.visibility_timeout = visibility_timeout
+        self.handover_after_seconds = handover_after_seconds
+        self.handover_visibility_timeout = handover_visibility_timeout
         self._last_event_at = 0.0
+        self._handed: deque[tuple[float, list[str]]] = deque()  # (yielded at, receipt handles), oldest first
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -93,6 +107,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
                 "linger_seconds": self.linger_seconds,
                 "wait_time_seconds": self.wait_time_seconds,
                 "visibility_timeout": self.visibility_timeout,
+                "handover_after_seconds": self.handover_after_seconds,
+                "handover_visibility_timeout": self.handover_visibility_timeout,
             },
         )
 
@@ -110,7 +126,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
 
     async def gather(self, client: Any) -> list[dict[str, Any]]:
         """Block (long poll) for the first messages, then pack what follows them (see ``_pack_until``)."""
-        batch = await self._receive(client, self.wait_time_seconds)
+        batch = await self._receive(client, self._long_poll_seconds())
         if batch:
             deadline = _pack_until(self._last_event_at, self.linger_seconds)
             while len(batch) < self.max_messages_per_event:
@@ -123,6 +139,30 @@ class StreamingSqsTrigger(BaseEventTrigger):
                     await asyncio.sleep(min(0.05, deadline - now))
             self._last_event_at = time.monotonic()
         return batch
+
+    def _long_poll_seconds(self) -> int:
+        """The long poll, cut short when a handover falls due before it would end."""
+        if not self._handed:
+            return self.wait_time_seconds
+        due = self._handed[0][0] + self.handover_after_seconds - time.monotonic()
+        return max(0, min(self.wait_time_seconds, int(due) + 1))
+
+    def handed(self, batch: list[dict[str, Any]]) -> None:
+        """Record that ``batch`` went out in an event (called right after the ``yield``)."""
+        self._handed.append((time.monotonic(), [m["ReceiptHandle"] for m in batch]))
+
+    async def hand_over(self, client: Any) -> int:
+        """Extend, to the run's budget, the visibility of the messages of every event handed out long enough ago;
+        returns how many were extended (those already deleted by their run fail and are skipped)."""
+        extended = 0
+        while self._handed and time.monotonic() - self._handed[0][0] >= self.handover_after_seconds:
+            _, handles = self._handed.popleft()
+            for start in range(0, len(handles), 10):
+                entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.handover_visibility_timeout}
+                           for i, h in enumerate(handles[start : start + 10])]
+                response = await client.change_message_visibility_batch(QueueUrl=self.sqs_queue, Entries=entries)
+                extended += len(response.get("Successful", []))
+        return extended
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.sqs import SqsHook
@@ -137,6 +177,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
                         failures = 0
                         if batch:
                             yield TriggerEvent({"status": "success", "message_batch": batch})
+                            self.handed(batch)
+                        await self.hand_over(client)
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception:

@@ -47,6 +47,8 @@ def sqs_watcher_trigger(queue_url: str) -> BaseEventTrigger:
         linger_seconds=config.EVENT_LINGER_SECONDS,
         wait_time_seconds=config.SQS_WAIT_TIME_SECONDS,
         visibility_timeout=config.SQS_RECEIVE_VISIBILITY_TIMEOUT,
+        handover_after_seconds=config.SQS_RECEIVE_VISIBILITY_TIMEOUT / 2,
+        handover_visibility_timeout=config.SQS_VISIBILITY_TIMEOUT,
     )
 
 

@@ -4,18 +4,31 @@ the reply queue and Airflow's own records of which asset events ran in which DAG
 
 The module starts its own stack (the ``stack`` fixture of tests/conftest.py: its own state folder, the shared jar
 cache) and stops it afterwards. Outside CI it skips, with the reason, when Java/Maven are missing or the stack's
-ports are taken (e.g. by `make up`).
+ports are taken (e.g. by `make up`). `make test` runs it with Airflow on SQLite, `make test-postgres` runs it again
+with Airflow on PostgreSQL (`DEVSTACK_DB=postgres`), what `astro dev start` uses.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from devstack import publish
 from devstack.testing import Stack
 from include.event_pipelines import db
+
+def test_airflow_runs_on_the_requested_metadata_database(stack: Stack, report_line) -> None:
+    wanted = os.environ.get("DEVSTACK_DB", "sqlite")
+    airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert airflow.dialect.name == {"sqlite": "sqlite", "postgres": "postgresql"}[wanted]
+    with airflow.connect() as conn:
+        version = conn.execute(text("SELECT sqlite_version()" if wanted == "sqlite" else "SHOW server_version")).scalar()
+        dags = conn.execute(text("SELECT COUNT(*) FROM dag WHERE NOT is_paused")).scalar_one()
+    assert dags == 3
+    report_line(f"e2e metadata database: {airflow.dialect.name} {version}")
+
 
 def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: Stack) -> None:
     landing = Path(stack.info["LANDING_DIR"])

@@ -17,14 +17,27 @@ from include.event_pipelines.triggers import StreamingKafkaTrigger, StreamingSqs
 class ScriptedSqs:
     """``receive_message`` answers from a script: one list of message ids per call, then nothing."""
 
-    def __init__(self, *answers: list[str]) -> None:
+    def __init__(self, *answers: list[str], deleted: tuple[str, ...] = ()) -> None:
         self.answers = deque(answers)
         self.waits: list[int] = []
+        self.deleted = set(deleted)
+        self.visibility: dict[str, int] = {}
 
     async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
         self.waits.append(kwargs["WaitTimeSeconds"])
         ids = self.answers.popleft() if self.answers else []
         return {"Messages": [{"MessageId": i, "ReceiptHandle": f"rh-{i}", "Body": "{}"} for i in ids]}
+
+
+    async def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        ok, failed = [], []
+        for e in Entries:
+            if e["ReceiptHandle"] in self.deleted:
+                failed.append({"Id": e["Id"], "Code": "ReceiptHandleIsInvalid"})
+            else:
+                self.visibility[e["ReceiptHandle"]] = e["VisibilityTimeout"]
+                ok.append({"Id": e["Id"]})
+        return {"Successful": ok, "Failed": failed}
 
 
 def _sqs(**kwargs: Any) -> StreamingSqsTrigger:
@@ -54,6 +67,19 @@ def test_sqs_in_a_stream_keeps_packing_until_linger_after_the_last_event() -> No
     batch = asyncio.run(trigger.gather(client))
     assert [m["MessageId"] for m in batch] == ["m1", "m2"]  # the empty looks did not end the batch
     assert time.monotonic() - trigger._last_event_at < 0.1  # and the next event is paced from this one
+
+
+def test_sqs_hands_messages_over_to_the_run_budget_once_their_event_is_stored() -> None:
+    trigger = _sqs(handover_after_seconds=0.2, handover_visibility_timeout=300)
+    client = ScriptedSqs([f"m{i}" for i in range(12)], deleted=("rh-m3",))
+    batch = asyncio.run(trigger.gather(client))
+    trigger.handed(batch)
+    assert trigger._long_poll_seconds() == 1  # the long poll is cut short so the handover is not late
+    assert asyncio.run(trigger.hand_over(client)) == 0 and client.visibility == {}  # not yet: still 20 s
+    time.sleep(0.25)
+    assert asyncio.run(trigger.hand_over(client)) == 11  # m3 was already deleted by its run: skipped
+    assert client.visibility == {f"rh-m{i}": 300 for i in range(12) if i != 3}
+    assert trigger._long_poll_seconds() == 20
 
 
 def test_sqs_empty_long_poll_yields_nothing() -> None:
