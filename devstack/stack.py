@@ -76,8 +76,7 @@ def metadata_db_url() -> str:
 
 def airflow_env() -> dict[str, str]:
     """The environment of every Airflow process of the native stack (and of the publisher and the tests)."""
-    env = dict(os.environ)
-    env.update(dockerfile_env(ROOT / "Dockerfile"))
+    env = {**dockerfile_env(ROOT / "Dockerfile"), **os.environ}  # like a container's ENV: the environment overrides
     env.update(connection_env(ROOT / "airflow_settings.yaml", sqlite_path=DATA / "events.db"))
     env.update(
         {
