@@ -54,9 +54,11 @@ down:
 demo: up
 	$(PYTHON) -m devstack.demo
 
-## bench: latency and throughput, guide settings vs this project's, per broker (prints a table, writes bench/results.json)
+## bench: latency and throughput, guide settings vs this project's, per broker and metadata database (prints a table,
+## writes bench/results.json); e.g. make bench BENCH_ARGS="--db postgres --settings project --scale 0.2"
+BENCH_ARGS ?=
 bench: venv
-	$(PYTHON) -m devstack.bench
+	$(PYTHON) -m devstack.bench $(BENCH_ARGS)
 
 status: venv
 	$(PYTHON) -m devstack.stack status

@@ -14,7 +14,8 @@ guarantees" and "Performance"):
 
 These triggers never exit. Each ``TriggerEvent`` carries up to ``max_messages_per_event`` messages, in the same
 payload shapes the pipelines already read (``message_batch`` for SQS, ``records`` for Kafka): after a quiet spell
-the first message goes out at once; in a stream, at most one event per ``linger_seconds`` (``_pack_until``). Nothing is acknowledged here:
+the first message goes out at once; in a stream, at most one event per ``linger_seconds`` (``_pack_until``).
+Nothing is acknowledged here:
 
 * **SQS**: messages are received with a short ``visibility_timeout`` (20 s here). If the triggerer dies before the
   event is stored, the messages reappear within it and are received again. Once the event has been stored (half
