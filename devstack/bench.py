@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import publish
+from devstack.stack import COMPONENTS
 from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
 
@@ -159,8 +160,7 @@ def _group_cpu_seconds(pgid: int) -> float:
 def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
     """% of one core used by each Airflow component (with its children) while nothing is published."""
     run = Path(stack.info["DEVSTACK_RUN"])
-    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in
-             ("triggerer", "scheduler", "dag-processor", "api-server")}
+    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in COMPONENTS}
     before = {n: _group_cpu_seconds(g) for n, g in pgids.items()}
     time.sleep(seconds)
     return {n: round(100 * (_group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}
@@ -180,10 +180,10 @@ print(json.dumps({"dags_folder_s": round(total, 3), "dags": len(bag.dags), "erro
 
 
 def parse_time() -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW_HOME": tempfile.mkdtemp(prefix="bench-parse-")}
-    out = subprocess.run([sys.executable, "-c", PARSE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300, check=True)
+    with tempfile.TemporaryDirectory(prefix="bench-parse-") as home:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_HOME": home}
+        out = subprocess.run([sys.executable, "-c", PARSE_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
