@@ -105,6 +105,7 @@ def airflow_env() -> dict[str, str]:
             "SQS_QUEUE_URL_PREFIX": f"{SQS_ENDPOINT}/000000000000",
             "QUARANTINE_URI": (DATA / "quarantine").as_uri(),
             "LANDING_DIR": str(DATA / "landing"),
+            "ETL_LANDING_ROOTS": (DATA / "landing").as_uri(),
             "SQS_ENDPOINT_URL": SQS_ENDPOINT,
             "KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
         }

@@ -61,3 +61,32 @@ SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIME
 IOT_DLQ_TOPIC: str = os.getenv("IOT_DLQ_TOPIC", "iot-readings-dlq")
 DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
 INFERENCE_REQUEST_DLQ: str = os.getenv("INFERENCE_REQUEST_DLQ", "inference-requests-dlq")
+
+# --- runs that fail for good (README "Delivery guarantees") ---
+# A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
+# its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
+MAX_FAILED_RUNS: int = int(os.getenv("MAX_FAILED_RUNS", "3"))
+# SQS: after a run failed for good, its undeleted messages become visible again after this long (not the run's
+# whole SQS_VISIBILITY_TIMEOUT).
+SQS_REDELIVERY_DELAY_SECONDS: int = int(os.getenv("SQS_REDELIVERY_DELAY_SECONDS", "30"))
+# Kafka: when a partition's committed offset stays behind what the watcher has read for this long (a run that
+# failed for good never settles its records), the watcher reads again from the committed offset.
+KAFKA_REDELIVERY_SECONDS: float = float(os.getenv("KAFKA_REDELIVERY_SECONDS", "120"))
+
+# --- bounds on what one message and one asset event may carry ---
+MAX_MESSAGE_BYTES: int = int(os.getenv("MAX_MESSAGE_BYTES", str(256 * 1024)))  # larger: dead-lettered
+MAX_EVENT_BYTES: int = int(os.getenv("MAX_EVENT_BYTES", str(1024 * 1024)))  # message bodies per asset event
+
+# --- data-delivery ETL: where delivered files may be read from (README "Confinement") ---
+# Comma-separated roots; a delivery whose URI (resolved, symlinks included, for file://) is not under one of them
+# is dead-lettered and its file never touched. Add s3://bucket/prefix roots for S3 (needs s3fs installed).
+ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
+    r.strip() for r in os.getenv("ETL_LANDING_ROOTS", "file:///usr/local/airflow/include/data/landing").split(",")
+    if r.strip()
+)
+ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
+ETL_BATCH_SIZE: int = int(os.getenv("ETL_BATCH_SIZE", "50"))  # deliveries per mapped task
+
+# --- IoT: readings this far from the time they are processed are dead-lettered ---
+IOT_MAX_READING_AGE_SECONDS: float = float(os.getenv("IOT_MAX_READING_AGE_SECONDS", str(7 * 24 * 3600)))
+IOT_MAX_CLOCK_SKEW_SECONDS: float = float(os.getenv("IOT_MAX_CLOCK_SKEW_SECONDS", "300"))

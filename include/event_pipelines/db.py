@@ -26,7 +26,8 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
@@ -40,6 +41,27 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC on every database and read back timezone-aware (UTC).
+
+    SQLite has no time zone type: SQLAlchemy drops the offset and keeps the wall time, so ``09:00+01:00`` would be
+    read back as ``09:00 UTC``. Values are converted to UTC before they are stored; a naive value is refused.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: every stored time must carry its offset")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value).astimezone(timezone.utc)
+
+
 # --- shared ----------------------------------------------------------------------------------------------------
 dead_letters = Table(
     "dead_letters",
@@ -49,7 +71,7 @@ dead_letters = Table(
     Column("source", String(16), nullable=False),
     Column("reason", Text, nullable=False),
     Column("body", Text),  # the original body (base64 for bytes that are not UTF-8)
-    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
 # Per-run figures: how long the run's events waited (producer timestamp -> run start) and its batch size.
@@ -61,7 +83,7 @@ run_stats = Table(
     Column("messages", Integer, nullable=False),
     Column("wait_p50_s", Float),
     Column("wait_max_s", Float),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
 # --- data-delivery ETL -------------------------------------------------------------------------------------------
@@ -72,7 +94,7 @@ orders = Table(
     Column("customer_id", String(64), nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
-    Column("ordered_at", DateTime(timezone=True), nullable=False),
+    Column("ordered_at", UtcDateTime(), nullable=False),
     Column("delivery_id", String(128), nullable=False),
     Column("source_sha256", String(64), nullable=False),
 )
@@ -86,7 +108,7 @@ etl_deliveries = Table(  # ledger: one row per distinct file content ever loaded
     Column("rows_loaded", Integer, nullable=False),
     Column("message_id", String(256), nullable=False),
     Column("producer", String(128), nullable=False),
-    Column("loaded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    Column("loaded_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
 etl_quarantine = Table(
@@ -97,7 +119,7 @@ etl_quarantine = Table(
     Column("uri", Text, nullable=False),
     Column("quarantined_uri", Text),
     Column("reason", Text, nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, default=utcnow),
+    Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
 # --- IoT alerting ------------------------------------------------------------------------------------------------
@@ -109,7 +131,7 @@ iot_readings = Table(
     Column("sensor", String(32), nullable=False),
     Column("value", Float, nullable=False),
     Column("unit", String(16), nullable=False),
-    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
 )
 
 iot_device_state = Table(
@@ -119,8 +141,8 @@ iot_device_state = Table(
     Column("sensor", String(32), primary_key=True),
     Column("alerting", Boolean, nullable=False),
     Column("last_value", Float, nullable=False),
-    Column("last_ts", DateTime(timezone=True), nullable=False),
-    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("last_ts", UtcDateTime(), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
 )
 
 iot_alerts = Table(  # what was published, keyed on the dedup key the alert carries
@@ -131,7 +153,7 @@ iot_alerts = Table(  # what was published, keyed on the dedup key the alert carr
     Column("sensor", String(32), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("value", Float, nullable=False),
-    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
     Column("message_id", String(256), nullable=False),
 )
 
@@ -144,8 +166,8 @@ predictions = Table(
     Column("label", String(32), nullable=False),
     Column("probability", Float, nullable=False),
     Column("model_version", String(64), nullable=False),
-    Column("predicted_at", DateTime(timezone=True), nullable=False),
-    Column("submitted_at", DateTime(timezone=True)),
+    Column("predicted_at", UtcDateTime(), nullable=False),
+    Column("submitted_at", UtcDateTime()),
     Column("features_sha256", String(64)),  # a request_id reused with other features is refused
 )
 

@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 MAX_BODY_BYTES = 256 * 1024  # SQS's own limit; larger Kafka records are refused the same way.
 
+# What a message's content can raise in pure code (parsing, validation, arithmetic on its values, lookups by its
+# fields). Caught per message and turned into that message's dead letter; anything else (database, broker, storage
+# outages: SQLAlchemyError, ClientError, KafkaException, OSError) is a system fault and fails the task.
+CONTENT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, ArithmeticError, LookupError, RecursionError)
+
 Source = Literal["sqs", "kafka", "manual"]
 M = TypeVar("M", bound=BaseModel)
 
@@ -158,6 +163,8 @@ def decode(envelope: Envelope, model: type[M]) -> M:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise PoisonMessage(mid, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise PoisonMessage(mid, "body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise PoisonMessage(mid, f"body is JSON {type(data).__name__}, expected an object")
     try:
