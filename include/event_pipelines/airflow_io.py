@@ -63,6 +63,15 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def map_batches(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """Batches of at most ``size`` items for ``.expand()``, never more than ``[core] max_map_length`` of them
+    (Airflow fails a run that maps more): with more items than ``size * max_map_length`` the batches grow."""
+    from airflow.configuration import conf
+
+    limit = conf.getint("core", "max_map_length")
+    return chunks(items, max(size, -(-len(items) // limit)))
+
+
 # --- SQS -----------------------------------------------------------------------------------------------------------
 def sqs_client() -> Any:
     from airflow.providers.amazon.aws.hooks.sqs import SqsHook

@@ -18,7 +18,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-MAX_BODY_BYTES = 256 * 1024  # SQS's own limit; larger Kafka records are refused the same way.
+from include.event_pipelines import config
+
+# SQS's own limit by default; larger Kafka records are refused the same way. A trigger leaves the body of a larger
+# message out of its asset event (``body_omitted_bytes``), so it never rides in one; the run dead-letters it.
+MAX_BODY_BYTES = config.MAX_MESSAGE_BYTES
 
 # What a message's content can raise in pure code (parsing, validation, arithmetic on its values, lookups by its
 # fields). Caught per message and turned into that message's dead letter; anything else (database, broker, storage
@@ -44,6 +48,7 @@ class Envelope(BaseModel):
     offset: int | None = None
     key: str | None = None
     broker_timestamp_ms: int | None = None
+    body_omitted_bytes: int | None = None  # the body was over MAX_BODY_BYTES and left out by the trigger
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any]) -> Envelope:
@@ -52,6 +57,7 @@ class Envelope(BaseModel):
             message_id=str(message["MessageId"]),
             body=message.get("Body"),
             receipt_handle=message.get("ReceiptHandle"),
+            body_omitted_bytes=message.get("BodyOmittedBytes"),
         )
 
 
@@ -74,7 +80,8 @@ def kafka_message_to_event(message: Any) -> dict[str, Any]:
     value: bytes | None = message.value()
     body: str | None = None
     body_b64: str | None = None
-    if value is not None:
+    omitted = len(value) if value is not None and len(value) > MAX_BODY_BYTES else None
+    if value is not None and omitted is None:
         try:
             body = value.decode("utf-8")
         except UnicodeDecodeError:
@@ -93,6 +100,7 @@ def kafka_message_to_event(message: Any) -> dict[str, Any]:
         offset=offset,
         key=key,
         broker_timestamp_ms=timestamp_ms if timestamp_ms and timestamp_ms > 0 else None,
+        body_omitted_bytes=omitted,
     ).model_dump(exclude_none=True)
 
 
@@ -151,6 +159,8 @@ def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:
 def decode(envelope: Envelope, model: type[M]) -> M:
     """Parse and validate a message body, or raise ``PoisonMessage`` with a reason a person can act on."""
     mid = envelope.message_id
+    if envelope.body_omitted_bytes is not None:
+        raise PoisonMessage(mid, f"body is {envelope.body_omitted_bytes} bytes, over the {MAX_BODY_BYTES}-byte limit")
     if envelope.body_b64 is not None:
         raise PoisonMessage(mid, "body is not valid UTF-8")
     body = envelope.body or ""
