@@ -44,6 +44,7 @@ deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
 )
 orders_table = Asset("events_db.orders")
+source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
 
 
 @dag(
@@ -52,14 +53,15 @@ orders_table = Asset("events_db.orders")
     catchup=False,
     max_active_runs=2,
     doc_md=__doc__,
-    default_args={"owner": "data-platform", "retries": 3, "retry_delay": duration(seconds=10)},
+    default_args={"owner": "data-platform", "retries": 3, "retry_delay": duration(seconds=10),
+                  "on_failure_callback": airflow_io.on_failure(deliveries, source)},
     tags=["event-driven", "sqs", "etl"],
 )
 def data_delivery_etl() -> None:
     @task
     def collect_messages(**context: Any) -> list[dict[str, Any]]:
         """Every "data ready" message of this run (all coalesced asset events, each SQS batch in full)."""
-        return airflow_io.run_messages(context, deliveries, produced_at_field="delivered_at", sqs_queue_url=QUEUE_URL)
+        return airflow_io.run_messages(context, deliveries, source, produced_at_field="delivered_at")
 
     @task(map_index_template="{{ message_id }}")
     def load_delivery(message: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def data_delivery_etl() -> None:
         outcome = etl.process_delivery(
             envelope, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
         )
-        airflow_io.settle_sqs(QUEUE_URL, DLQ_URL, [envelope], outcome.dead_letters())
+        source.settle([envelope], outcome.dead_letters())
         return outcome.as_dict()
 
     @task(outlets=[orders_table])

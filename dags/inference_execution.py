@@ -32,7 +32,6 @@ from include.event_pipelines.inference.pipeline import answer_requests
 
 REQUEST_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REQUEST_QUEUE)
 REPLY_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REPLY_QUEUE)
-REQUEST_DLQ_URL = config.sqs_queue_url(config.INFERENCE_REQUEST_DLQ)
 
 # Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
 # WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
@@ -41,6 +40,7 @@ request_trigger = watchers.sqs_watcher_trigger(REQUEST_QUEUE_URL)
 inference_requests = Asset(
     "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]
 )
+source = airflow_io.SqsSource(REQUEST_QUEUE_URL, config.sqs_queue_url(config.INFERENCE_REQUEST_DLQ))
 
 
 @dag(
@@ -49,17 +49,16 @@ inference_requests = Asset(
     catchup=False,
     max_active_runs=4,
     doc_md=__doc__,
-    default_args={"owner": "ml-platform", "retries": 3, "retry_delay": duration(seconds=10)},
+    default_args={"owner": "ml-platform", "retries": 3, "retry_delay": duration(seconds=10),
+                  "on_failure_callback": airflow_io.on_failure(inference_requests, source)},
     tags=["event-driven", "sqs", "ml-inference"],
 )
 def inference_execution() -> None:
     @task
     def collect_requests(**context: Any) -> list[list[dict[str, Any]]]:
         """Every request of this run, in batches of at most `INFERENCE_BATCH_SIZE` (one mapped task each)."""
-        messages = airflow_io.run_messages(
-            context, inference_requests, produced_at_field="submitted_at", sqs_queue_url=REQUEST_QUEUE_URL
-        )
-        return airflow_io.chunks(messages, config.INFERENCE_BATCH_SIZE)
+        messages = airflow_io.run_messages(context, inference_requests, source, produced_at_field="submitted_at")
+        return airflow_io.map_batches(messages, config.INFERENCE_BATCH_SIZE)
 
     @task
     def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,7 +67,7 @@ def inference_execution() -> None:
         outcome = answer_requests(
             envelopes, airflow_io.engine(), airflow_io.predictor(), airflow_io.sqs_reply_sender(REPLY_QUEUE_URL)
         )
-        airflow_io.settle_sqs(REQUEST_QUEUE_URL, REQUEST_DLQ_URL, envelopes, outcome.dead_letters)
+        source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()
 
     answer_batch.expand(batch=collect_requests())

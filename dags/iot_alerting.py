@@ -35,6 +35,7 @@ from include.event_pipelines.iot.pipeline import process_readings
 # It cannot meet this project's guarantees; figures in README "Delivery guarantees".
 readings_trigger = watchers.kafka_watcher_trigger([config.IOT_READINGS_TOPIC])
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
+source = airflow_io.KafkaSource(config.IOT_DLQ_TOPIC)
 
 
 @dag(
@@ -43,14 +44,15 @@ readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
-    default_args={"owner": "iot-ops", "retries": 3, "retry_delay": duration(seconds=10)},
+    default_args={"owner": "iot-ops", "retries": 3, "retry_delay": duration(seconds=10),
+                  "on_failure_callback": airflow_io.on_failure(readings, source)},
     tags=["event-driven", "kafka", "iot"],
 )
 def iot_alerting() -> None:
     @task
     def collect_readings(**context: Any) -> list[dict[str, Any]]:
         """Every Kafka record of this run (one asset event per record, all coalesced events)."""
-        return airflow_io.run_messages(context, readings)
+        return airflow_io.run_messages(context, readings, source)
 
     @task
     def evaluate_and_alert(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def iot_alerting() -> None:
         envelopes = airflow_io.to_envelopes(messages)
         publish = airflow_io.kafka_publisher(config.IOT_ALERTS_TOPIC)
         outcome = process_readings(envelopes, airflow_io.engine(), publish)
-        airflow_io.settle_kafka(config.IOT_DLQ_TOPIC, envelopes, outcome.dead_letters)
+        source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()
 
     evaluate_and_alert(collect_readings())

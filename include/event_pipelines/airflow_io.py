@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from include.event_pipelines import config, db, runstats
-from include.event_pipelines.messages import Envelope, envelopes_from_asset_events, envelopes_from_conf
+from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +32,97 @@ def engine(conn_id: str = config.DB_CONN_ID) -> Engine:
 
 
 # --- the run's messages --------------------------------------------------------------------------------------------
+class SqsSource:
+    """How a DAG fed by an SQS queue takes, settles and gives back its messages."""
+
+    def __init__(self, queue_url: str, dlq_url: str) -> None:
+        self.queue_url, self.dlq_url = queue_url, dlq_url
+
+    def take(self, envelopes: Sequence[Envelope]) -> None:
+        """The run owns its messages: keep them invisible for the run's budget (the trigger received them short)."""
+        extend_sqs_visibility(self.queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
+
+    def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
+        settle_sqs(self.queue_url, self.dlq_url, envelopes, dead_letters)
+
+    def give_back(self, envelopes: Sequence[Envelope]) -> None:
+        """After a run failed for good: its undeleted messages come back after SQS_REDELIVERY_DELAY_SECONDS."""
+        extend_sqs_visibility(self.queue_url, envelopes, config.SQS_REDELIVERY_DELAY_SECONDS)
+
+
+class KafkaSource:
+    """How a DAG fed by Kafka topics settles its records (offsets are committed by the run, see settle_kafka)."""
+
+    def __init__(self, dlq_topic: str) -> None:
+        self.dlq_topic = dlq_topic
+
+    def take(self, envelopes: Sequence[Envelope]) -> None:
+        return None
+
+    def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
+        settle_kafka(self.dlq_topic, envelopes, dead_letters)
+
+    def give_back(self, envelopes: Sequence[Envelope]) -> None:
+        """Nothing to do: the watcher reads again from the committed offset (KAFKA_REDELIVERY_SECONDS)."""
+        return None
+
+
+Source = SqsSource | KafkaSource
+
+
 def run_messages(
-    context: Mapping[str, Any], asset: Any, *, produced_at_field: str | None = None, sqs_queue_url: str | None = None
+    context: Mapping[str, Any], asset: Any, source: Source, *, produced_at_field: str | None = None
 ) -> list[dict[str, Any]]:
     """Every message behind this run (all coalesced asset events, or ``conf["messages"]`` for a manual run).
 
-    Logs and records the run's batch size and how long its messages waited since they were produced. For an SQS
-    source, first extends the messages' visibility to the run's budget (the streaming trigger receives them with
-    a short one, so that messages of a triggerer that died come back quickly).
+    Takes the messages for the run (SQS: visibility extended to the run's budget); dead-letters, with the last
+    error, the messages that were already in ``MAX_FAILED_RUNS`` runs that failed for good (and settles them);
+    logs and records the run's batch size and how long its messages waited since they were produced.
     """
+    from include.event_pipelines import redelivery
+
     dag_run = context["dag_run"]
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
     envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
-    if sqs_queue_url is not None:
-        extend_sqs_visibility(sqs_queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
+    source.take(envelopes)
+    envelopes, exhausted = redelivery.split_exhausted(engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS)
+    if exhausted:
+        letters = [dead_letter_row(x.envelope, x.reason) for x in exhausted]
+        with engine().begin() as conn:
+            db.record_dead_letters(conn, dag_run.dag_id, letters)
+        source.settle([x.envelope for x in exhausted], letters)
+        log.error("dead-lettered %d message(s) that failed for good: %s", len(letters),
+                  [(x["message_id"], x["reason"]) for x in letters[:5]])
     start = dag_run.start_date or context["ti"].start_date
     summary = runstats.summarize(start, envelopes, produced_at_field)
     log.info("run %s: %s", dag_run.run_id, json.dumps(summary))
     if envelopes:
         runstats.record(engine(), dag_run.dag_id, dag_run.run_id, summary)
     return [e.model_dump(exclude_none=True) for e in envelopes]
+
+
+def on_failure(asset: Any, source: Source) -> Callable[[Mapping[str, Any]], None]:
+    """A task's ``on_failure_callback`` (called once its last retry failed): records the error against every message
+    of the run, then gives the messages back to the broker for redelivery. Never raises."""
+
+    def callback(context: Mapping[str, Any]) -> None:
+        from include.event_pipelines import redelivery
+
+        try:
+            dag_run, ti = context["dag_run"], context["ti"]
+            envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
+            exc = context.get("exception")
+            error = f"task {ti.task_id} failed: {type(exc).__name__}: {exc}" if exc else f"task {ti.task_id} failed"
+            recorded = redelivery.record_failure(
+                engine(), dag_run.dag_id, dag_run.run_id, ti.task_id, [e.message_id for e in envelopes], error
+            )
+            source.give_back(envelopes)
+            log.warning("run %s failed for good; %d message(s) recorded for redelivery: %s",
+                        dag_run.run_id, recorded, error)
+        except Exception:
+            log.exception("recording the failed run's messages failed; they are redelivered all the same")
+
+    return callback
 
 
 def to_envelopes(items: Sequence[Mapping[str, Any]]) -> list[Envelope]:

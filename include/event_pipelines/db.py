@@ -86,6 +86,19 @@ run_stats = Table(
     Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
+# Runs that failed for good (every retry), per message they carried: how many times a message has been in such a
+# run, and why. A message that reaches MAX_FAILED_RUNS is dead-lettered with the last reason on its next delivery.
+message_failures = Table(
+    "message_failures",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("message_id", String(256), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("task_id", String(250), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("failed_at", UtcDateTime(), nullable=False, default=utcnow),
+)
+
 # --- data-delivery ETL -------------------------------------------------------------------------------------------
 orders = Table(
     "orders",

@@ -1,0 +1,74 @@
+"""Runs that fail for good: their messages are delivered again, a bounded number of times, then dead-lettered.
+
+The run's failure callback records, per message of the run, that it was in a failed run and why
+(``message_failures``). When a message comes back (SQS: visible again; Kafka: the watcher re-reads from the
+committed offset), the run's first task checks it: once it has been in ``max_failed_runs`` failed runs it is
+dead-lettered with the last error instead of being processed. README "Delivery guarantees".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, select
+
+from include.event_pipelines import db
+from include.event_pipelines.messages import Envelope
+
+MAX_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Exhausted:
+    envelope: Envelope
+    failed_runs: int
+    reason: str
+
+
+def record_failure(
+    engine: Engine, dag_id: str, run_id: str, task_id: str, message_ids: Sequence[str], error: str
+) -> int:
+    """Note that these messages were in a run that failed for good (once per run, however many tasks failed)."""
+    now = db.utcnow()
+    rows = [
+        {"dag_id": dag_id, "message_id": mid, "run_id": run_id, "task_id": task_id,
+         "reason": error[:MAX_REASON_CHARS], "failed_at": now}
+        for mid in dict.fromkeys(message_ids)
+    ]
+    with engine.begin() as conn:
+        return db.insert_ignore(conn, db.message_failures, rows)
+
+
+def failures(engine: Engine, dag_id: str, message_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Per message id that was in failed runs: how many, and the latest reason."""
+    t = db.message_failures
+    seen: dict[str, list[tuple[datetime, str]]] = {}
+    ids = sorted(set(message_ids))
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(
+                select(t.c.message_id, t.c.failed_at, t.c.reason).where(
+                    t.c.dag_id == dag_id, t.c.message_id.in_(ids[start : start + 500])
+                )
+            )
+            for mid, at, reason in rows:
+                seen.setdefault(mid, []).append((at, reason))
+    return {mid: (len(rs), max(rs)[1]) for mid, rs in seen.items()}
+
+
+def split_exhausted(
+    engine: Engine, dag_id: str, envelopes: Sequence[Envelope], max_failed_runs: int
+) -> tuple[list[Envelope], list[Exhausted]]:
+    """The run's messages to process, and those that already failed ``max_failed_runs`` runs (to dead-letter)."""
+    counts = failures(engine, dag_id, [e.message_id for e in envelopes])
+    keep: list[Envelope] = []
+    done: list[Exhausted] = []
+    for env in envelopes:
+        n, last = counts.get(env.message_id, (0, ""))
+        if n >= max_failed_runs:
+            done.append(Exhausted(env, n, f"failed for good in {n} runs (limit {max_failed_runs}); last error: {last}"))
+        else:
+            keep.append(env)
+    return keep, done
