@@ -22,10 +22,10 @@ PORTS = (9092, 9093, 9324, 9325, 8080)
 
 
 class Stack:
-    def __init__(self, home: Path, db: str | None = None) -> None:
+    def __init__(self, home: Path, db: str | None = None, env: dict[str, str] | None = None) -> None:
         db = db or os.environ.get("DEVSTACK_DB", "sqlite")
         self.env = {**os.environ, "DEVSTACK_HOME": str(home), "DEVSTACK_CACHE": str(ROOT / ".devstack" / "cache"),
-                    "DEVSTACK_DB": db}
+                    "DEVSTACK_DB": db, **(env or {})}
         self.info: dict[str, Any] = {}
         self.seen: dict[str, dict] = {}  # replies and dead letters already read off their queues
 
@@ -80,6 +80,21 @@ class Stack:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def kafka_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """partition -> (the pipelines' consumer group's committed offset, or -1; the end of the partition)."""
+        from airflow.models import Connection
+        from confluent_kafka import Consumer, TopicPartition
+
+        group = Connection.from_json(self.info["AIRFLOW_CONN_KAFKA_DEFAULT"], conn_id="kafka").extra_dejson["group.id"]
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
+                             "enable.auto.commit": False})
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+            committed = consumer.committed(parts, timeout=30)
+            return {tp.partition: (tp.offset, consumer.get_watermark_offsets(tp, timeout=10)[1]) for tp in committed}
+        finally:
+            consumer.close()
 
     def collect(self, records: list[dict[str, Any]], timeout: float = 240, until_finished: bool = True) -> summary.Report:
         reports = summary.collect(

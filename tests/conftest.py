@@ -39,8 +39,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    """A real native stack (Kafka, ElasticMQ, Airflow) of this test module's own, stopped afterwards.
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """A real native stack (Kafka, ElasticMQ, Airflow) of this test module's own, stopped afterwards. A module's
+    ``STACK_ENV`` dict (e.g. shorter redelivery delays) is added to the stack's environment.
 
     Outside CI the module skips, with the reason, when Java/Maven are missing or the ports are in use; in CI it
     fails instead."""
@@ -51,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         if os.environ.get("CI"):
             pytest.fail(f"tests on the real stack cannot run in CI: {reason}")
         pytest.skip(reason)
-    s = Stack(tmp_path_factory.mktemp("devstack"))
+    s = Stack(tmp_path_factory.mktemp("devstack"), env=getattr(request.module, "STACK_ENV", None))
     try:
         s.up()
         yield s

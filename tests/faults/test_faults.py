@@ -25,6 +25,10 @@ from devstack.testing import Stack, wait_for
 from include.event_pipelines import db
 from include.event_pipelines.etl.pipeline import render_csv
 
+# Shorter redelivery than the shipped defaults (MAX_FAILED_RUNS=3, KAFKA_REDELIVERY_SECONDS=120,
+# SQS_REDELIVERY_DELAY_SECONDS=30), so that runs failing for good go through their cycle in minutes.
+STACK_ENV = {"MAX_FAILED_RUNS": "2", "KAFKA_REDELIVERY_SECONDS": "30", "SQS_REDELIVERY_DELAY_SECONDS": "15"}
+
 
 def _last_publish(records: list[dict[str, Any]]) -> float:
     return max(datetime.fromisoformat(r["published_at"]).timestamp() for r in records)
@@ -101,6 +105,13 @@ def test_triggerer_killed_three_times_while_1000_messages_stream_in(stack: Stack
     else:
         expected = publish.expected_alerts(records)
         assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == expected
+        offsets = wait_for(lambda: _settled_to_the_end(stack, "iot-readings"), timeout=60)
+        assert offsets, f"committed offsets short of the end of iot-readings: {stack.kafka_offsets('iot-readings')}"
+
+
+def _settled_to_the_end(stack: Stack, topic: str) -> dict[int, tuple[int, int]] | None:
+    offsets = stack.kafka_offsets(topic)
+    return offsets if all(committed == end for committed, end in offsets.values()) else None
 
 
 def test_a_backlog_of_5000_published_while_paused_drains_after_unpause(stack: Stack, report_line) -> None:
@@ -159,7 +170,11 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
             alerts = conn.execute(select(func.count()).select_from(db.iot_alerts).where(
                 db.iot_alerts.c.device_id.like(f"dev-{run_id}-%"))).scalar_one()
             assert alerts == sum(publish.expected_alerts(records))
-            assert report.outputs["alert_duplicates"] >= 0  # re-published with the same dedup key: consumers drop it
+            # The failed attempt had published (and flushed) its run's alerts; the retry published them again with
+            # the same dedup keys: exactly those are the duplicates on the topic, which consumers drop.
+            retried = _messages_of_retried_runs(stack, dag_id, "evaluate_and_alert")
+            republished = sum(1 for r in records if r["message_id"] in retried and r["expect"].get("transition"))
+            assert report.outputs["alert_duplicates"] == republished
         elif point.startswith("inference"):
             assert report.rows == 20 and report.outputs["reply_duplicates"] == 0
         else:
@@ -191,6 +206,15 @@ def test_a_cleared_and_rerun_run_writes_nothing_twice(stack: Stack, report_line)
     wait_for(lambda: _states(airflow, run_ids) == {"success"}, timeout=120)
     assert snapshot() == before, "a re-run changed stored predictions"
     report_line(f"faults {'cleared run re-run (inference)':<34} runs={len(run_ids)} predictions={len(before)} unchanged")
+
+
+def _messages_of_retried_runs(stack: Stack, dag_id: str, task_id: str) -> set[str]:
+    airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with airflow.connect() as conn:
+        runs = set(conn.execute(text("SELECT run_id FROM task_instance WHERE dag_id = :d AND task_id = :t"
+                                     " AND try_number > 1"), {"d": dag_id, "t": task_id}).scalars())
+    assert runs, "no task was retried"
+    return {m for m, (run_id, _, _) in message_runs(airflow, dag_id).items() if run_id in runs}
 
 
 def _tries(airflow, run_ids: list[str]) -> int:
@@ -239,3 +263,95 @@ def test_a_duplicate_id_with_different_content_is_dead_lettered(stack: Stack, re
         report = stack.collect([record], timeout=120)
         assert report.ok and report.outputs["in_dlq"] == 1, report.missing
     report_line(f"faults {'duplicate ids, other content':<34} dead_lettered=2 (inference request_id, etl delivery_id)")
+
+
+def _failed_runs_of(stack: Stack, dag_id: str, message_ids: set[str]) -> dict[str, int]:
+    """message id -> in how many runs that failed for good it was (the pipelines' own record)."""
+    events = create_engine(stack.events_url)
+    t = db.message_failures
+    with events.connect() as conn:
+        rows = conn.execute(select(t.c.message_id, func.count()).where(
+            t.c.dag_id == dag_id, t.c.message_id.in_(sorted(message_ids))).group_by(t.c.message_id)).all()
+    return dict(rows)
+
+
+def _with_every_attempt_failing(stack: Stack, points: list[str], batches: dict[str, list[dict[str, Any]]],
+                                failed_runs: int, watch_offsets_of: list[dict[str, Any]]) -> float:
+    """Make every attempt fail at ``points`` until each message of ``batches`` has been in ``failed_runs`` failed
+    runs; meanwhile assert that the consumer group's committed offset never passes an unsettled reading. Returns
+    how long that took."""
+    faults = Path(stack.info["EVENTS_FAULTS_DIR"])
+    for point in points:
+        (faults / point).write_text("always")
+    lowest: dict[int, int] = {}
+    for r in watch_offsets_of:
+        _, partition, offset = r["message_id"].rsplit("/", 2)
+        lowest[int(partition)] = min(lowest.get(int(partition), int(offset)), int(offset))
+    started = time.time()
+
+    def reached() -> bool:
+        for partition, (committed, _) in stack.kafka_offsets("iot-readings").items():
+            assert partition not in lowest or committed <= lowest[partition], (
+                f"committed offset {committed} passed unsettled reading at {lowest[partition]} (partition {partition})")
+        return all(
+            len(counts := _failed_runs_of(stack, dag_id, {r["message_id"] for r in recs})) == len(recs)
+            and min(counts.values()) >= failed_runs
+            for dag_id, recs in batches.items()
+        )
+
+    try:
+        assert wait_for(reached, timeout=420, interval=1), {d: _failed_runs_of(stack, d, {r["message_id"] for r in recs})
+                                                             for d, recs in batches.items()}
+    finally:
+        for point in points:
+            (faults / point).unlink(missing_ok=True)
+    return time.time() - started
+
+
+def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_reason(stack: Stack, report_line) -> None:
+    """Per broker: a batch whose run fails on every attempt, then good traffic. A message that was in fewer than
+    MAX_FAILED_RUNS (2 here) failed runs is processed once redelivered; one that reached it is dead-lettered with
+    the task's error. None is missing, and the Kafka group never commits past an unsettled reading."""
+    points = ["iot.after_publish", "inference.after_store"]
+    # 1. One failed run, then the fault clears: the same messages are processed after redelivery.
+    iot1 = publish.publish_iot(10, devices=2, run_id="ffg1", bootstrap=stack.bootstrap)
+    inf1 = publish.publish_inference(10, run_id="ffg1", target=stack.target)
+    took1 = _with_every_attempt_failing(stack, points, {"iot_alerting": iot1, "inference_execution": inf1}, 1, iot1)
+    iot2 = publish.publish_iot(10, devices=2, run_id="ffg2", bootstrap=stack.bootstrap)
+    inf2 = publish.publish_inference(10, run_id="ffg2", target=stack.target)
+    started = time.time()
+    report = stack.collect(iot1 + iot2, timeout=300, until_finished=False)
+    assert not report.missing, report.missing
+    inf_report = stack.collect(inf1 + inf2, timeout=300, until_finished=False)
+    assert not inf_report.missing, inf_report.missing
+    assert report.rows == 20 and inf_report.rows == 20 and inf_report.outputs["replies"] == 20
+    assert inf_report.outputs["reply_duplicates"] == 0
+    redelivered_after = time.time() - started
+    report_line(f"faults {'run failed for good x1, then healed':<34} iot 20/20 stored, inference 20/20 replied; "
+                f"failing phase {took1:.0f}s, processed {redelivered_after:.0f}s after the fault cleared")
+
+    # 2. The fault outlasts MAX_FAILED_RUNS failed runs: the next delivery dead-letters them with the reason.
+    iot3 = publish.publish_iot(10, devices=2, run_id="ffg3", bootstrap=stack.bootstrap)
+    inf3 = publish.publish_inference(10, run_id="ffg3", target=stack.target)
+    took3 = _with_every_attempt_failing(stack, points, {"iot_alerting": iot3, "inference_execution": inf3}, 2, iot3)
+    iot4 = publish.publish_iot(10, devices=2, run_id="ffg4", bootstrap=stack.bootstrap)
+    inf4 = publish.publish_inference(10, run_id="ffg4", target=stack.target)
+    for recs, point in ((iot3, "iot.after_publish"), (inf3, "inference.after_store")):
+        for r in recs:
+            r["expect"] = {"dead_letter_reason_contains": f"InjectedFault: injected fault at {point}"}
+    started = time.time()
+    iot_report = stack.collect(iot3 + iot4, timeout=300, until_finished=False)
+    inf_report = stack.collect(inf3 + inf4, timeout=300, until_finished=False)
+    assert not iot_report.missing and not inf_report.missing, iot_report.missing + inf_report.missing
+    assert iot_report.outputs["dead_lettered"] == iot_report.outputs["in_dlq"] == 10 and iot_report.rows == 10
+    assert inf_report.outputs["dead_lettered"] == inf_report.outputs["in_dlq"] == 10 and inf_report.outputs["replies"] == 10
+    events = create_engine(stack.events_url)
+    with events.connect() as conn:
+        reasons = set(conn.execute(select(db.dead_letters.c.reason).where(
+            db.dead_letters.c.message_id.in_([r["message_id"] for r in iot3 + inf3]))).scalars())
+    assert all(r.startswith("failed for good in 2 runs (limit 2); last error: task ") for r in reasons), reasons
+    assert wait_for(lambda: _settled_to_the_end(stack, "iot-readings"), timeout=120), stack.kafka_offsets("iot-readings")
+    assert stack.queue_depth("inference-requests") == 0
+    report_line(f"faults {'run failed for good x2 (limit 2)':<34} iot 10 + inference 10 dead-lettered with the task "
+                f"error, 10 + 10 good after them processed; failing phase {took3:.0f}s, dead-lettered "
+                f"{time.time() - started:.0f}s after the fault cleared; committed offsets at the end of the topic")
