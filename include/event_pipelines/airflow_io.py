@@ -298,29 +298,20 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
 
 
 def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:
-    """Commit, for the connection's consumer group, the offset after the highest one of this run, per partition,
-    never moving a committed offset backwards (a cleared older run must not rewind the group)."""
-    from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
-    from confluent_kafka import TopicPartition
+    """Record this run's offsets as settled and commit, per partition, the contiguous low watermark of settled
+    offsets for the connection's consumer group (``kafka_offsets.commit_settled``): never past a record that no run
+    settled, never backwards."""
+    from include.event_pipelines.kafka_offsets import SafeKafkaConsumerHook, commit_settled
 
-    nxt: dict[tuple[str, int], int] = {}
-    for e in envelopes:
-        if e.source == "kafka" and e.topic is not None and e.partition is not None and e.offset is not None:
-            key = (e.topic, e.partition)
-            nxt[key] = max(nxt.get(key, 0), e.offset + 1)
-    if not nxt:
+    topics = sorted({e.topic for e in envelopes if e.source == "kafka" and e.topic is not None})
+    if not topics:
         return {}
-    consumer = KafkaConsumerHook(topics=sorted({t for t, _ in nxt}), kafka_config_id=config.KAFKA_CONN_ID).get_conn
+    hook = SafeKafkaConsumerHook(topics=topics, kafka_config_id=config.KAFKA_CONN_ID)
+    consumer = hook.get_conn
     try:
-        current = {
-            (tp.topic, tp.partition): tp.offset
-            for tp in consumer.committed([TopicPartition(t, p) for t, p in nxt], timeout=30)
-        }
-        ahead = {k: v for k, v in nxt.items() if v > current.get(k, -1)}
-        if ahead:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()], asynchronous=False)
-        log.info("committed offsets %s (already at or past: %s)", ahead, sorted(set(nxt) - set(ahead)))
-        return ahead
+        return commit_settled(
+            engine(), consumer, hook.effective_config["group.id"], envelopes, from_beginning=hook.from_beginning
+        )
     finally:
         consumer.close()
 

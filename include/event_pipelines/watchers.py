@@ -49,6 +49,8 @@ def sqs_watcher_trigger(queue_url: str) -> BaseEventTrigger:
         visibility_timeout=config.SQS_RECEIVE_VISIBILITY_TIMEOUT,
         handover_after_seconds=config.SQS_RECEIVE_VISIBILITY_TIMEOUT / 2,
         handover_visibility_timeout=config.SQS_VISIBILITY_TIMEOUT,
+        max_event_bytes=config.MAX_EVENT_BYTES,
+        max_message_bytes=config.MAX_MESSAGE_BYTES,  # messages.MAX_BODY_BYTES
     )
 
 
@@ -74,6 +76,8 @@ def kafka_watcher_trigger(topics: Sequence[str]) -> BaseEventTrigger:
         kafka_config_id=config.KAFKA_CONN_ID,
         max_messages_per_event=config.KAFKA_MESSAGES_PER_EVENT,
         linger_seconds=config.EVENT_LINGER_SECONDS,
+        redelivery_seconds=config.KAFKA_REDELIVERY_SECONDS,
+        max_event_bytes=config.MAX_EVENT_BYTES,
     )
 
 

@@ -11,23 +11,35 @@ import time
 from collections import deque
 from typing import Any
 
-from include.event_pipelines.triggers import StreamingKafkaTrigger, StreamingSqsTrigger
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from include.event_pipelines.messages import Envelope
+from include.event_pipelines.triggers import StreamingKafkaTrigger, StreamingSqsTrigger, kafka_body_bytes
 
 
 class ScriptedSqs:
-    """``receive_message`` answers from a script: one list of message ids per call, then nothing."""
+    """``receive_message`` answers from a script: one list of message ids per call (at most the number asked for,
+    the rest in the next answer), then nothing."""
 
-    def __init__(self, *answers: list[str], deleted: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *answers: list[str], deleted: tuple[str, ...] = (), bodies: dict[str, str] | None = None
+    ) -> None:
         self.answers = deque(answers)
         self.waits: list[int] = []
         self.deleted = set(deleted)
         self.visibility: dict[str, int] = {}
+        self.bodies = bodies or {}
 
     async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
         self.waits.append(kwargs["WaitTimeSeconds"])
         ids = self.answers.popleft() if self.answers else []
-        return {"Messages": [{"MessageId": i, "ReceiptHandle": f"rh-{i}", "Body": "{}"} for i in ids]}
-
+        if len(ids) > kwargs["MaxNumberOfMessages"]:
+            self.answers.appendleft(ids[kwargs["MaxNumberOfMessages"]:])
+            ids = ids[: kwargs["MaxNumberOfMessages"]]
+        return {"Messages": [{"MessageId": i, "ReceiptHandle": f"rh-{i}", "Body": self.bodies.get(i, "{}")}
+                             for i in ids]}
 
     async def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
         ok, failed = [], []
@@ -87,14 +99,16 @@ def test_sqs_empty_long_poll_yields_nothing() -> None:
 
 
 class FakeRecord:
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, size: int = 14, partition: int = 0) -> None:
         self._offset = offset
+        self._value = b'{"reading": 1}' if size == 14 else b"x" * size
+        self._partition = partition
 
     def error(self) -> None:
         return None
 
     def value(self) -> bytes:
-        return b'{"reading": 1}'
+        return self._value
 
     def key(self) -> bytes:
         return b"dev-1"
@@ -106,7 +120,7 @@ class FakeRecord:
         return "iot-readings"
 
     def partition(self) -> int:
-        return 0
+        return self._partition
 
     def offset(self) -> int:
         return self._offset
@@ -115,8 +129,9 @@ class FakeRecord:
 class ScriptedConsumer:
     """``consume`` answers with up to ``num_messages`` of the records already fetched (like librdkafka's queue)."""
 
-    def __init__(self, fetched: int) -> None:
+    def __init__(self, fetched: int = 0, sizes: list[int] | None = None) -> None:
         self.fetched = deque(FakeRecord(i) for i in range(fetched))
+        self.fetched += [FakeRecord(i, size) for i, size in enumerate(sizes or [])]
         self.calls: list[tuple[int, float]] = []
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeRecord]:
@@ -159,3 +174,178 @@ def test_kafka_nothing_fetched_yields_nothing() -> None:
     consumer = ScriptedConsumer(0)
     assert _kafka(consumer, poll_timeout=0.5).gather() == []
     assert consumer.calls == [(1, 0.5)]
+
+
+def _all_of(trigger_gather: Any, limit: int = 10_000) -> list[list[dict[str, Any]]]:
+    """Every event ``gather`` packs until it returns nothing."""
+    events = []
+    for _ in range(limit):
+        batch = trigger_gather()
+        if not batch:
+            return events
+        events.append(batch)
+    raise AssertionError("gather never ran dry")
+
+
+# --- byte bounds -----------------------------------------------------------------------------------------------------
+def test_kafka_event_stays_under_max_event_bytes_and_the_rest_opens_the_next() -> None:
+    consumer = ScriptedConsumer(sizes=[400, 400, 400, 100])
+    trigger = _kafka(consumer, max_event_bytes=1000, linger_seconds=0)
+    first = trigger.gather()
+    assert [r["offset"] for r in first] == [0, 1]  # 800 bytes; the third would make 1200
+    assert [r["offset"] for r in trigger._carry] == [2, 3]  # consumed already: kept, in order
+    assert [r["offset"] for r in trigger.gather()] == [2, 3]
+    assert trigger.gather() == [] and not trigger._carry
+
+
+def test_kafka_a_single_record_over_max_event_bytes_goes_alone() -> None:
+    consumer = ScriptedConsumer(sizes=[50, 5000, 50])
+    events = _all_of(_kafka(consumer, max_event_bytes=1000, linger_seconds=0).gather)
+    assert [[r["offset"] for r in e] for e in events] == [[0], [1], [2]]
+
+
+def test_kafka_carried_over_records_go_out_without_waiting_for_new_ones() -> None:
+    consumer = ScriptedConsumer(sizes=[600, 600])
+    trigger = _kafka(consumer, max_event_bytes=1000, linger_seconds=0)
+    trigger.gather()
+    consumer.calls.clear()
+    assert [r["offset"] for r in trigger.gather()] == [1]
+    assert all(timeout == 0 for _, timeout in consumer.calls)  # no blocking poll for a first record
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 10, 300, 999, 1000, 1001, 4000]), max_size=60),
+    max_bytes=st.integers(1, 3000),
+    max_messages=st.integers(1, 12),
+)
+def test_kafka_events_respect_both_bounds_and_lose_nothing(sizes: list[int], max_bytes: int, max_messages: int) -> None:
+    trigger = _kafka(ScriptedConsumer(sizes=sizes), max_event_bytes=max_bytes, max_messages_per_event=max_messages,
+                     linger_seconds=0, poll_timeout=0)
+    events = _all_of(trigger.gather)
+    assert [r["offset"] for e in events for r in e] == list(range(len(sizes)))  # all, once, in order
+    for e in events:
+        assert 1 <= len(e) <= max_messages
+        assert len(e) == 1 or sum(kafka_body_bytes(r) for r in e) <= max_bytes
+
+
+def test_sqs_event_stays_under_max_event_bytes_and_carried_messages_go_first_without_a_long_poll() -> None:
+    bodies = {f"m{i}": "x" * 400 for i in range(4)}
+    client = ScriptedSqs(["m0", "m1", "m2"], ["m3"], bodies=bodies)
+    trigger = _sqs(max_event_bytes=1000, linger_seconds=0)
+    first = asyncio.run(trigger.gather(client))
+    assert [m["MessageId"] for m in first] == ["m0", "m1"]
+    assert client.waits == [20]  # full after the first receive: no further look
+    second = asyncio.run(trigger.gather(client))
+    assert [m["MessageId"] for m in second] == ["m2", "m3"]  # the carried one first, and no 20 s long poll for it
+    assert client.waits == [20, 0, 0]
+
+
+def test_sqs_body_over_the_message_limit_is_left_out_of_the_event() -> None:
+    client = ScriptedSqs(["big", "ok"], bodies={"big": "é" * 150, "ok": "{}"})
+    batch = asyncio.run(_sqs(max_message_bytes=200, max_event_bytes=10).gather(client))
+    big, ok = batch
+    assert "Body" not in big and big["BodyOmittedBytes"] == 300  # bytes, not characters
+    assert ok["Body"] == "{}"  # the omitted body counts for nothing in the event's bytes
+    envelope = Envelope.from_sqs(big)
+    assert envelope.body is None and envelope.body_omitted_bytes == 300
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 5, 200, 999, 1000, 2500]), max_size=40),
+    max_bytes=st.integers(1, 3000),
+    max_messages=st.integers(1, 15),
+)
+def test_sqs_events_respect_both_bounds_and_lose_nothing(sizes: list[int], max_bytes: int, max_messages: int) -> None:
+    ids = [f"m{i}" for i in range(len(sizes))]
+    client = ScriptedSqs(*[ids[i : i + 10] for i in range(0, len(ids), 10)],
+                         bodies={i: "x" * n for i, n in zip(ids, sizes)})
+    trigger = _sqs(max_event_bytes=max_bytes, max_messages_per_event=max_messages, linger_seconds=0,
+                   max_message_bytes=2000)
+    events = []
+    while batch := asyncio.run(trigger.gather(client)):
+        events.append(batch)
+    assert [m["MessageId"] for e in events for m in e] == ids
+    for e in events:
+        assert 1 <= len(e) <= max_messages
+        assert len(e) == 1 or sum(len(m.get("Body", "")) for m in e) <= max_bytes
+
+
+# --- redelivery of records no run settled ----------------------------------------------------------------------------
+class GroupView:
+    """What the trigger's consumer sees of its group: committed offsets and positions it can be told; seeks."""
+
+    def __init__(self, committed: int, position: int) -> None:
+        self.committed_offset, self.position_offset = committed, position
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.committed_offset) for tp in partitions]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.position_offset) for tp in partitions]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+        self.position_offset = tp.offset
+
+
+def _watching(view: GroupView, seconds: float = 120) -> StreamingKafkaTrigger:
+    trigger = StreamingKafkaTrigger(topics=["iot-readings"], redelivery_seconds=seconds)
+    trigger._consumer = view
+    trigger._assigned = {("iot-readings", 0)}
+    return trigger
+
+
+def test_no_rewind_while_the_committed_offset_advances() -> None:
+    view = GroupView(committed=10, position=50)
+    trigger = _watching(view)
+    for now, committed in [(0, 10), (100, 20), (200, 30), (300, 40), (419, 40)]:
+        view.committed_offset = committed
+        assert trigger.redeliver(now) == []
+    assert view.seeks == []
+
+
+def test_rewind_to_the_committed_offset_once_it_stood_still_for_redelivery_seconds(caplog: Any, capsys: Any) -> None:
+    view = GroupView(committed=10, position=50)
+    trigger = _watching(view)
+    trigger._carry.extend([{"topic": "iot-readings", "partition": 0, "offset": 50},
+                           {"topic": "iot-readings", "partition": 1, "offset": 7}])
+    assert trigger.redeliver(0) == []
+    assert trigger.redeliver(119) == []
+    view.position_offset = 60  # still reading on
+    assert trigger.redeliver(120) == [("iot-readings", 0, 10)]
+    assert view.seeks == [("iot-readings", 0, 10)]
+    assert [r["partition"] for r in trigger._carry] == [1]  # this partition's carried records will be read again
+    logged = caplog.text + capsys.readouterr().out  # Airflow's logging may print instead of propagating
+    assert "re-reading iot-readings/0 from 10: not settled for 120 s" in logged
+    view.position_offset = 30
+    assert trigger.redeliver(125) == []  # the clock restarted at the rewind
+    assert trigger.redeliver(240) == [("iot-readings", 0, 10)]  # still not settled: read once more
+
+
+def test_no_rewind_when_everything_read_is_committed() -> None:
+    view = GroupView(committed=50, position=50)
+    trigger = _watching(view)
+    assert trigger.redeliver(0) == [] and trigger.redeliver(1000) == []
+    view.position_offset = 51  # a record arrives after a long quiet spell: its run gets the full delay
+    assert trigger.redeliver(1001) == [] and trigger.redeliver(1120) == []
+    assert view.seeks == []
+    assert trigger.redeliver(1121) == [("iot-readings", 0, 50)]  # 120 s after it was first seen unsettled
+
+
+def test_rewind_without_a_committed_offset_goes_to_the_reset_position() -> None:
+    view = GroupView(committed=OFFSET_INVALID, position=5)
+    trigger = _watching(view, seconds=10)
+    assert trigger.redeliver(0) == [] and trigger.redeliver(10) == [("iot-readings", 0, OFFSET_BEGINNING)]
+    assert view.seeks == [("iot-readings", 0, OFFSET_BEGINNING)]
+
+
+def test_redelivery_settings_round_trip_through_serialize() -> None:
+    trigger = StreamingKafkaTrigger(topics=["t"], redelivery_seconds=30, max_event_bytes=2048)
+    path, kwargs = trigger.serialize()
+    assert path == "include.event_pipelines.triggers.StreamingKafkaTrigger"
+    assert StreamingKafkaTrigger(**kwargs).serialize() == (path, kwargs)
+    sqs = _sqs(max_event_bytes=10, max_message_bytes=5)
+    assert StreamingSqsTrigger(**sqs.serialize()[1]).serialize() == sqs.serialize()

@@ -1,0 +1,178 @@
+"""Kafka offsets: the committed offset is the contiguous low watermark of what runs settled; consumer settings
+are forced whatever the connection says. The broker is a scripted stand-in (a consumer group's committed offsets
+and a partition's low watermark); the database is real SQLite."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_INVALID, TopicPartition
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine, select
+
+from include.event_pipelines import db
+from include.event_pipelines.kafka_offsets import (
+    SafeKafkaConsumerHook,
+    commit_settled,
+    safe_consumer_config,
+    settled_intervals,
+    watermark,
+)
+from include.event_pipelines.messages import Envelope
+
+T = "iot-readings"
+
+
+def kafka(offsets: Any, partition: int = 0, topic: str = T) -> list[Envelope]:
+    return [Envelope(source="kafka", message_id=f"{topic}/{partition}/{o}", body="{}", topic=topic,
+                     partition=partition, offset=o) for o in offsets]
+
+
+class FakeGroup:
+    """A consumer of one group: committed offsets, a low watermark per partition, synchronous commits."""
+
+    def __init__(self, committed: dict[tuple[str, int], int] | None = None, low: int = 0) -> None:
+        self.offsets = dict(committed or {})
+        self.low = low
+        self.commits: list[dict[tuple[str, int], int]] = []
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.offsets.get((tp.topic, tp.partition), OFFSET_INVALID))
+                for tp in partitions]
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        return self.low, 10**9
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        done = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        self.offsets.update(done)
+        self.commits.append(done)
+
+
+def stored(engine: Engine) -> list[tuple[Any, ...]]:
+    t = db.kafka_settled
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset)).all())
+
+
+# --- pure functions ------------------------------------------------------------------------------------------------
+def test_settled_intervals_split_at_gaps_per_partition() -> None:
+    envelopes = kafka([3, 4, 5, 8, 9, 5]) + kafka([0], partition=1) + [Envelope(source="sqs", message_id="m")]
+    assert settled_intervals(envelopes) == {(T, 0): [(3, 6), (8, 10)], (T, 1): [(0, 1)]}
+    assert settled_intervals([]) == {}
+
+
+def test_watermark_moves_through_contiguous_intervals_only() -> None:
+    assert watermark(0, [(0, 10), (10, 20), (25, 30)]) == 20  # 20..24 not settled: stops there
+    assert watermark(0, [(5, 10)]) == 0
+    assert watermark(15, [(0, 10), (12, 18), (18, 19)]) == 19  # overlapping the committed offset
+    assert watermark(50, [(0, 10)]) == 50  # never backwards
+
+
+@given(st.integers(0, 50), st.lists(st.tuples(st.integers(0, 60), st.integers(1, 10)), max_size=12))
+def test_watermark_is_the_first_offset_not_covered(committed: int, spans: list[tuple[int, int]]) -> None:
+    intervals = [(s, s + n) for s, n in spans]
+    covered = {o for s, e in intervals for o in range(s, e)}
+    expected = committed
+    while expected in covered:
+        expected += 1
+    assert watermark(committed, intervals) == expected
+
+
+# --- consumer settings ---------------------------------------------------------------------------------------------
+def test_safe_consumer_config_forces_manual_offsets(caplog: pytest.LogCaptureFixture) -> None:
+    extra = {"bootstrap.servers": "k:9092", "group.id": "g", "enable.auto.commit": "true",
+             "enable.auto.offset.store": False, "auto.offset.reset": "LATEST"}
+    with caplog.at_level(logging.WARNING):
+        config = safe_consumer_config("kafka_default", extra)
+    assert config == {"bootstrap.servers": "k:9092", "group.id": "g", "enable.auto.commit": False,
+                      "enable.auto.offset.store": False, "auto.offset.reset": "latest"}
+    assert extra["enable.auto.commit"] == "true"  # the connection's dict is not changed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'kafka_default'" in warnings[0] and "enable.auto.commit" in warnings[0]
+
+
+def test_safe_consumer_config_defaults_reset_to_earliest(caplog: pytest.LogCaptureFixture) -> None:
+    quiet = safe_consumer_config("c", {"group.id": "g"})
+    assert quiet["auto.offset.reset"] == "earliest" and quiet["enable.auto.commit"] is False
+    with caplog.at_level(logging.WARNING):
+        assert safe_consumer_config("c", {"group.id": "g", "auto.offset.reset": "smallest"})["auto.offset.reset"] \
+            == "earliest"
+    assert any("auto.offset.reset" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("extra", [{}, {"group.id": ""}, {"group.id": "  "}])
+def test_safe_consumer_config_refuses_a_connection_without_group_id(extra: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="'kafka_iot'.*group.id"):
+        safe_consumer_config("kafka_iot", {"bootstrap.servers": "k:9092", **extra})
+
+
+def test_hook_builds_its_consumer_with_the_forced_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow.providers.apache.kafka.hooks.consume as consume
+
+    built: list[dict[str, Any]] = []
+    monkeypatch.setattr(consume, "Consumer", lambda config: built.append(config) or object())
+    hook = SafeKafkaConsumerHook(topics=[T], kafka_config_id="kafka_x")
+    hook._get_client({"bootstrap.servers": "k:9092", "group.id": "g", "enable.auto.commit": True})
+    assert built[0]["enable.auto.commit"] is False and built[0]["enable.auto.offset.store"] is False
+    assert built[0]["auto.offset.reset"] == "earliest" and hook.from_beginning
+
+
+# --- committing ----------------------------------------------------------------------------------------------------
+def test_a_run_that_failed_for_good_holds_the_committed_offset_back(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 0})
+    # run A (offsets 0-9) fails on every attempt and never settles; run B (10-19) settles
+    assert commit_settled(engine, group, "g", kafka(range(10, 20))) == {}
+    assert group.offsets[(T, 0)] == 0 and group.commits == []
+    assert commit_settled(engine, group, "g", kafka(range(20, 30))) == {}  # later runs do not skip A either
+    # A's records are read again (the trigger seeks back) and settled by a later run
+    assert commit_settled(engine, group, "g", kafka(range(0, 12))) == {(T, 0): 30}
+    assert group.offsets[(T, 0)] == 30
+    assert stored(engine) == []  # pruned: everything is below the committed offset
+
+
+def test_commit_never_moves_backwards_and_keeps_ranges_above_a_gap(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 100, (T, 1): 5})
+    envelopes = kafka(range(10, 20)) + kafka([5, 6, 8], partition=1)
+    assert commit_settled(engine, group, "g", envelopes) == {(T, 1): 7}
+    assert group.offsets == {(T, 0): 100, (T, 1): 7}
+    assert stored(engine) == [(T, 1, 8, 9)]  # 7 not settled: 8 waits; partition 0's range was below 100
+    assert commit_settled(engine, group, "g", kafka([7], partition=1)) == {(T, 1): 9}
+
+
+def test_committed_offset_deleted_by_retention_counts_from_the_low_watermark(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 5}, low=50)
+    assert commit_settled(engine, group, "g", kafka(range(50, 60))) == {(T, 0): 60}
+
+
+def test_no_committed_offset_counts_from_the_start(engine: Engine) -> None:
+    group = FakeGroup(low=7)
+    assert commit_settled(engine, group, "g", kafka(range(7, 9))) == {(T, 0): 9}
+    # auto.offset.reset=latest: the trigger started wherever the end was; the lowest settled range starts there
+    other = FakeGroup(low=0)
+    assert commit_settled(engine, other, "h", kafka(range(40, 42)), from_beginning=False) == {(T, 0): 42}
+
+
+def test_the_same_run_settled_twice_changes_nothing_and_longer_ranges_win(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 0})
+    assert commit_settled(engine, group, "g", kafka(range(5, 8))) == {}
+    assert commit_settled(engine, group, "g", kafka(range(5, 8))) == {}  # a cleared run: idempotent
+    assert commit_settled(engine, group, "g", kafka(range(5, 12))) == {}  # same start, more records
+    assert stored(engine) == [(T, 0, 5, 12)]
+    assert commit_settled(engine, group, "g", kafka(range(0, 5))) == {(T, 0): 12}
+
+
+def test_groups_are_kept_apart(engine: Engine) -> None:
+    commit_settled(engine, FakeGroup({(T, 0): 0}), "other", kafka(range(0, 10)))
+    group = FakeGroup({(T, 0): 0})
+    assert commit_settled(engine, group, "g", kafka(range(10, 20))) == {}
+
+
+def test_nothing_from_kafka_commits_nothing(engine: Engine) -> None:
+    group = FakeGroup()
+    assert commit_settled(engine, group, "g", [Envelope(source="sqs", message_id="m")]) == {}
+    assert group.commits == []
