@@ -94,8 +94,10 @@ def answer_requests(
         try:
             req, fingerprint = _decode(env)
         except CONTENT_ERRORS as exc:
-            reason = exc.reason if isinstance(exc, PoisonMessage) else f"request {env.message_id}: {type(exc).__name__}: {exc}"
-            _dead_letter(outcome, [env], reason)
+            if isinstance(exc, PoisonMessage):
+                _dead_letter(outcome, [env], exc.reason)
+            else:
+                _dead_letter(outcome, [env], f"request {env.message_id}: {type(exc).__name__}: {exc}")
             continue
         same = variants.setdefault(req.request_id, {}).setdefault(fingerprint, _Request(req, fingerprint, []))
         same.envelopes.append(env)
@@ -111,7 +113,8 @@ def answer_requests(
     for (rid, r), value in zip(todo, answer, strict=True):
         p = as_probability(value)
         if p is None:
-            _dead_letter(outcome, r.envelopes, f"model answered {value!r} for request {rid}: not a probability in [0, 1]")
+            reason = f"model answered {value!r:.100} for request {rid}: not a probability in [0, 1]"
+            _dead_letter(outcome, r.envelopes, reason)
             continue
         new_rows.append(
             {
