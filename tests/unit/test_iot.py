@@ -6,13 +6,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
+from include.event_pipelines import config, db
 from include.event_pipelines.iot.pipeline import process_readings
 from include.event_pipelines.iot.rules import RULES, Rule, evaluate
 from include.event_pipelines.iot.schemas import AlertEvent
 from include.event_pipelines.messages import Envelope
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
+NOW = T0 + timedelta(hours=1)  # the processing time of every run here: readings near T0 are recent
 
 
 def transitions(rule: Rule, values: list[float]) -> list[str | None]:
@@ -70,7 +71,7 @@ def test_a_run_publishes_transitions_and_state_survives_to_the_next_run(engine: 
     published = Recorder()
     run1 = [reading(0, "pump-1", "temperature", 70.0, "C", 0), reading(1, "pump-1", "temperature", 85.5, "C", 1),
             reading(2, "pump-2", "humidity", 50, "%", 1)]
-    out1 = process_readings(run1, engine, published)
+    out1 = process_readings(run1, engine, published, now=NOW)
     assert (out1.readings, out1.alerts_raised, out1.alerts_cleared) == (3, 1, 0)
     [[alert]] = published.calls
     assert (alert.kind, alert.device_id, alert.value, alert.source_message_id) == ("raised", "pump-1", 85.5, "iot-readings/0/1")
@@ -78,7 +79,7 @@ def test_a_run_publishes_transitions_and_state_survives_to_the_next_run(engine: 
 
     # next run: 77 is inside the band (no clear), 74 clears
     run2 = [reading(4, "pump-1", "temperature", 74.0, "C", 3), reading(3, "pump-1", "temperature", 77.0, "C", 2)]
-    out2 = process_readings(run2, engine, published)
+    out2 = process_readings(run2, engine, published, now=NOW)
     assert (out2.alerts_raised, out2.alerts_cleared) == (0, 1)
     assert [a.kind for a in published.calls[-1]] == ["cleared"]
     with engine.connect() as conn:
@@ -92,8 +93,8 @@ def test_a_run_publishes_transitions_and_state_survives_to_the_next_run(engine: 
 def test_replaying_a_run_publishes_nothing_new_and_writes_nothing_twice(engine: Engine) -> None:
     published = Recorder()
     run = [reading(0, "fan-1", "vibration", 20.0, "mm/s", 0), reading(1, "fan-1", "vibration", 5.0, "mm/s", 1)]
-    process_readings(run, engine, published)
-    process_readings(run, engine, published)  # redelivered: e.g. the task was retried or the run cleared
+    process_readings(run, engine, published, now=NOW)
+    process_readings(run, engine, published, now=NOW)  # redelivered: e.g. the task was retried or the run cleared
     assert len(published.calls) == 1 and [a.kind for a in published.calls[0]] == ["raised", "cleared"]
     with engine.connect() as conn:
         assert len(conn.execute(select(db.iot_readings)).all()) == 2
@@ -102,7 +103,7 @@ def test_replaying_a_run_publishes_nothing_new_and_writes_nothing_twice(engine: 
 
 def test_readings_that_trip_nothing_publish_nothing(engine: Engine) -> None:
     published = Recorder()
-    process_readings([reading(i, f"d-{i}", "humidity", 40 + i, "%", i) for i in range(20)], engine, published)
+    process_readings([reading(i, f"d-{i}", "humidity", 40 + i, "%", i) for i in range(20)], engine, published, now=NOW)
     assert published.calls == []
 
 
@@ -115,7 +116,7 @@ def test_bad_readings_are_dead_lettered_and_good_ones_still_flow(engine: Engine)
         reading(3, "d", "temperature", "hot", "C", 3),  # wrong type
         Envelope(source="kafka", message_id="iot-readings/0/4", body_b64="//79"),  # not UTF-8
     ]
-    out = process_readings([*bad, reading(5, "d", "temperature", 90.0, "C", 5)], engine, published)
+    out = process_readings([*bad, reading(5, "d", "temperature", 90.0, "C", 5)], engine, published, now=NOW)
     assert out.readings == 1 and out.alerts_raised == 1
     with engine.connect() as conn:
         letters = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
@@ -133,7 +134,113 @@ def test_a_failed_publish_leaves_state_untouched_so_the_retry_publishes_again(en
 
     run = [reading(0, "p", "temperature", 99.0, "C", 0)]
     with pytest.raises(RuntimeError):
-        process_readings(run, engine, broken)
+        process_readings(run, engine, broken, now=NOW)
     published = Recorder()
-    process_readings(run, engine, published)
+    process_readings(run, engine, published, now=NOW)
     assert [a.kind for a in published.calls[0]] == ["raised"]
+
+
+def reading_at(offset: int, ts: str, value: float = 90.0, device: str = "d") -> Envelope:
+    body = {"device_id": device, "sensor": "temperature", "value": value, "unit": "C", "ts": ts}
+    return Envelope(source="kafka", message_id=f"iot-readings/0/{offset}", body=json.dumps(body),
+                    topic="iot-readings", partition=0, offset=offset)
+
+
+def dead_letter_reasons(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
+
+
+def test_timestamps_out_of_range_are_dead_lettered_and_the_rest_of_the_run_flows(engine: Engine) -> None:
+    published = Recorder()
+    run = [reading_at(0, "0001-01-01T00:00:00+01:00"), reading_at(1, "9999-12-31T23:59:59-01:00"),
+           reading_at(2, "9999-12-31T23:59:59+00:00"), reading_at(3, "0001-01-01T00:00:00+00:00"),
+           reading(4, "d", "temperature", 90.0, "C", 0)]
+    out = process_readings(run, engine, published, now=NOW)
+    assert (out.readings, out.message_ids, out.alerts_raised) == (1, ["iot-readings/0/4"], 1)
+    letters = dead_letter_reasons(engine)
+    assert letters["iot-readings/0/0"] == "ts 0001-01-01T00:00:00+01:00 is outside the range of representable UTC times"
+    assert letters["iot-readings/0/1"] == "ts 9999-12-31T23:59:59-01:00 is outside the range of representable UTC times"
+    assert letters["iot-readings/0/2"].startswith("ts 9999-12-31T23:59:59+00:00 is 251606789999 s")
+    skew, age = config.IOT_MAX_CLOCK_SKEW_SECONDS, config.IOT_MAX_READING_AGE_SECONDS  # the defaults
+    assert f" s in the future (processed at 2026-11-24T09:00:00+00:00; at most {skew:g} s" in letters["iot-readings/0/2"]
+    assert letters["iot-readings/0/3"].startswith("ts 0001-01-01T00:00:00+00:00 is 63931107600 s old")
+    assert f"older than {age:g} s are not evaluated" in letters["iot-readings/0/3"]
+    assert [d["message_id"] for d in out.dead_letters] == [f"iot-readings/0/{i}" for i in range(4)]
+
+
+def test_the_time_window_is_set_by_now_and_both_bounds(engine: Engine) -> None:
+    published = Recorder()
+    run = [reading_at(0, (NOW + timedelta(seconds=61)).isoformat(), 50.0),  # 61 s ahead
+           reading_at(1, (NOW + timedelta(seconds=59)).isoformat(), 50.0, device="e"),  # 59 s ahead
+           reading_at(2, (NOW - timedelta(seconds=3601)).isoformat(), 50.0, device="f"),  # 3601 s old
+           reading_at(3, (NOW - timedelta(seconds=3599)).isoformat(), 50.0, device="g")]  # 3599 s old
+    out = process_readings(run, engine, published, now=NOW, max_age_seconds=3600, max_skew_seconds=60)
+    assert sorted(out.message_ids) == ["iot-readings/0/1", "iot-readings/0/3"]
+    letters = dead_letter_reasons(engine)
+    assert set(letters) == {"iot-readings/0/0", "iot-readings/0/2"}
+    assert "is 61 s in the future" in letters["iot-readings/0/0"] and "at most 60 s of clock skew" in letters["iot-readings/0/0"]
+    assert "is 3601 s old" in letters["iot-readings/0/2"] and "older than 3600 s" in letters["iot-readings/0/2"]
+    with pytest.raises(ValueError, match="naive"):
+        process_readings(run, engine, published, now=NOW.replace(tzinfo=None))
+
+
+def test_a_reading_from_the_far_future_does_not_mute_its_device(engine: Engine) -> None:
+    published = Recorder()
+    future = reading_at(0, "2030-01-01T00:00:00+00:00", 95.0)  # a device clock years ahead
+    out = process_readings([future], engine, published, now=NOW)
+    assert out.readings == 0 and [d["message_id"] for d in out.dead_letters] == ["iot-readings/0/0"]
+    assert published.calls == []
+    # a normal reading afterwards is evaluated: it raises the alert the future one would have hidden
+    out = process_readings([reading(1, "d", "temperature", 95.0, "C", 10)], engine, published, now=NOW)
+    assert (out.readings, out.alerts_raised) == (1, 1)
+    assert [(a.kind, a.source_message_id) for a in published.calls[0]] == [("raised", "iot-readings/0/1")]
+    # and in one run: the future reading is dead-lettered, the normal one raises
+    out = process_readings([reading_at(2, "2031-01-01T00:00:00Z", 95.0, "d2"), reading_at(3, T0.isoformat(), 95.0, "d2")],
+                           engine, published, now=NOW)
+    assert (out.message_ids, out.alerts_raised) == (["iot-readings/0/3"], 1)
+    assert [d["message_id"] for d in out.dead_letters] == ["iot-readings/0/2"]
+
+
+def test_an_offset_timestamp_is_stored_and_compared_as_the_same_instant(engine: Engine) -> None:
+    """SQLite keeps no offset: a time stored as its wall clock would be 13:00 UTC here, and the second run's
+    09:00 UTC reading (one hour *later*) would look older than the state and be ignored."""
+    published = Recorder()
+    first = reading_at(0, "2026-11-24T13:00:00+05:00", 90.0)  # 08:00 UTC: raises
+    process_readings([first], engine, published, now=NOW)
+    later = reading_at(1, "2026-11-24T09:00:00+00:00", 70.0)  # 09:00 UTC: later, yet an earlier wall clock
+    out = process_readings([later], engine, published, now=NOW)
+    assert out.alerts_cleared == 1
+    assert [a.kind for batch in published.calls for a in batch] == ["raised", "cleared"]
+    earlier = reading_at(2, "2026-11-24T12:30:00+04:00", 95.0)  # 08:30 UTC: older than the state, ignored
+    out = process_readings([earlier], engine, published, now=NOW)
+    assert (out.readings, out.alerts_raised) == (1, 0)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(db.iot_readings.c.message_id, db.iot_readings.c.ts)).all())
+        state = conn.execute(select(db.iot_device_state)).mappings().one()
+    assert stored["iot-readings/0/0"] == datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
+    assert stored["iot-readings/0/0"].utcoffset() == timedelta(0)
+    assert stored["iot-readings/0/2"] == datetime(2026, 11, 24, 8, 30, tzinfo=timezone.utc)
+    assert (state["alerting"], state["last_value"], state["last_ts"]) == (False, 70.0, T0 + timedelta(hours=1))
+    assert published.calls[0][0].ts == T0 and published.calls[0][0].ts.utcoffset() == timedelta(0)
+
+
+def test_a_content_error_while_evaluating_one_reading_dead_letters_only_that_reading(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.event_pipelines.iot import pipeline
+
+    def fragile(rule, state, value, ts):
+        if value == 13.0:
+            raise ZeroDivisionError("float division by zero")
+        return evaluate(rule, state, value, ts)
+
+    monkeypatch.setattr(pipeline, "evaluate", fragile)
+    published = Recorder()
+    run = [reading(0, "a", "temperature", 13.0, "C", 0), reading(1, "a", "temperature", 85.0, "C", 1),
+           reading(2, "b", "temperature", 85.0, "C", 0)]
+    out = process_readings(run, engine, published, now=NOW)
+    assert sorted(out.message_ids) == ["iot-readings/0/1", "iot-readings/0/2"] and out.alerts_raised == 2
+    assert dead_letter_reasons(engine) == {"iot-readings/0/0": "reading iot-readings/0/0: ZeroDivisionError: float division by zero"}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(db.iot_readings.c.message_id)).scalars()) == ["iot-readings/0/1", "iot-readings/0/2"]

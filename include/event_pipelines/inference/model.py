@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,32 @@ class Predictor(Protocol):
     version: str
 
     def predict_proba(self, rows: Sequence[MachineFeatures]) -> list[float]:
-        """Probability of failure for each row, in order."""
+        """Probability of failure for each row, in order (a value that is not one is dead-lettered)."""
         ...
+
+
+class ModelAnswerError(RuntimeError):
+    """The model or its endpoint answered a batch with something unusable: a system fault, the task retries."""
+
+
+def as_probability(value: object) -> float | None:
+    """``value`` as a float if it is a finite number in [0, 1] (not a bool, not a string), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    p = float(value)
+    return p if math.isfinite(p) and 0.0 <= p <= 1.0 else None
+
+
+def check_answer(answer: object, rows: int) -> list[object]:
+    """The model's answer for ``rows`` rows: a list of one value per row, else ``ModelAnswerError``.
+
+    The values themselves are checked one by one (``as_probability``): an invalid one costs only its request.
+    """
+    if not isinstance(answer, list):
+        raise ModelAnswerError(f"model answered {type(answer).__name__} {answer!r:.200} for {rows} rows, expected a list")
+    if len(answer) != rows:
+        raise ModelAnswerError(f"model answered {len(answer)} probabilities for {rows} rows")
+    return answer
 
 
 def label_for(probability: float) -> str:
@@ -67,6 +92,8 @@ class HttpEndpointPredictor:
 
     Request: ``{"instances": [{"temperature_c": ..., ...}, ...]}``;
     reply: ``{"model_version": "...", "probabilities": [0.1, ...]}`` with one probability per instance.
+    A reply of another shape raises ``ModelAnswerError``; a value that is not a probability is returned as it is,
+    for the pipeline to dead-letter its request.
     """
 
     post_json: Callable[[dict[str, Any]], dict[str, Any]]
@@ -76,8 +103,12 @@ class HttpEndpointPredictor:
         if not rows:
             return []
         reply = self.post_json({"instances": [r.model_dump() for r in rows]})
-        probabilities = reply.get("probabilities")
-        if not isinstance(probabilities, list) or len(probabilities) != len(rows):
-            raise ValueError(f"endpoint returned {len(probabilities or [])} probabilities for {len(rows)} rows")
-        self.version = str(reply.get("model_version", self.version))
-        return [float(p) for p in probabilities]
+        if not isinstance(reply, dict):
+            raise ModelAnswerError(f"endpoint answered {type(reply).__name__} {reply!r:.200}, expected a JSON object")
+        probabilities = check_answer(reply.get("probabilities"), len(rows))
+        version = reply.get("model_version", self.version)
+        if not isinstance(version, str) or not 0 < len(version) <= 64:
+            raise ModelAnswerError(f"endpoint answered model_version {version!r:.100}: expected 1 to 64 characters")
+        self.version = version
+        checked = [as_probability(p) for p in probabilities]
+        return [p if c is None else c for p, c in zip(probabilities, checked, strict=True)]  # type: ignore[misc]

@@ -3,7 +3,8 @@
 Order of effects: predictions are committed first (keyed on ``request_id``), then one reply per request is
 sent, then (in the DAG) the request messages are deleted. A replay finds the stored prediction and sends the same
 reply again (same ``correlation_id``) instead of predicting anew, so a redelivered request never gets two
-different answers.
+different answers. A request_id reused with other features is dead-lettered, decided in the transaction that
+stores the predictions, so concurrent runs agree; a model value that is not a probability is never stored.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timezone
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from include.event_pipelines import db
 from include.event_pipelines.faults import maybe_fail
-from include.event_pipelines.inference.model import Predictor, label_for
+from include.event_pipelines.inference.model import Predictor, as_probability, check_answer, label_for
 from include.event_pipelines.inference.schemas import InferenceReply, InferenceRequest
-from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode
+from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class InferenceOutcome:
     reused: int = 0
     replies: int = 0
     dead_letters: list[dict[str, object]] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)  # the messages answered (not dead-lettered)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -44,82 +47,125 @@ class InferenceOutcome:
         }
 
 
-def _stored(engine: Engine, request_ids: list[str]) -> dict[str, dict[str, object]]:
+@dataclass
+class _Request:
+    """The messages of the batch that carry one request_id with the same features (one answer for all of them)."""
+
+    request: InferenceRequest
+    fingerprint: str
+    envelopes: list[Envelope]
+
+
+def _stored(conn: Connection, request_ids: list[str]) -> dict[str, dict[str, object]]:
     t = db.predictions
     found: dict[str, dict[str, object]] = {}
-    with engine.connect() as conn:
-        for start in range(0, len(request_ids), 500):
-            chunk = request_ids[start : start + 500]
-            for row in conn.execute(select(t).where(t.c.request_id.in_(chunk))).mappings():
-                found[row["request_id"]] = dict(row)
+    for start in range(0, len(request_ids), 500):
+        chunk = request_ids[start : start + 500]
+        for row in conn.execute(select(t).where(t.c.request_id.in_(chunk))).mappings():
+            found[row["request_id"]] = dict(row)
     return found
+
+
+def _decode(env: Envelope) -> tuple[InferenceRequest, str]:
+    """The request (``submitted_at`` in UTC) and its features' fingerprint, or ``PoisonMessage``."""
+    req = decode(env, InferenceRequest)
+    try:
+        submitted_at = req.submitted_at.astimezone(timezone.utc)
+    except OverflowError:
+        raise PoisonMessage(
+            env.message_id, f"submitted_at {req.submitted_at.isoformat()} is outside the range of representable UTC times"
+        ) from None
+    return req.model_copy(update={"submitted_at": submitted_at}), req.features.fingerprint()
+
+
+def _dead_letter(outcome: InferenceOutcome, envelopes: Sequence[Envelope], reason: str) -> None:
+    for env in envelopes:
+        log.error("Dead-lettering message %s: %s", env.message_id, reason)
+        outcome.dead_letters.append(dead_letter_row(env, reason))
 
 
 def answer_requests(
     envelopes: Sequence[Envelope], engine: Engine, predictor: Predictor, send_replies: ReplySender
 ) -> InferenceOutcome:
     outcome = InferenceOutcome()
-    requests: dict[str, tuple[str, InferenceRequest]] = {}  # request_id -> (message_id, request): one answer each
-    decoded: list[tuple[Envelope, InferenceRequest]] = []
+    # request_id -> its variants in arrival order, by features fingerprint; the first one is predicted if need be
+    variants: dict[str, dict[str, _Request]] = {}
     for env in envelopes:
         try:
-            decoded.append((env, decode(env, InferenceRequest)))
-        except PoisonMessage as exc:
-            log.error("Dead-lettering %s", exc)
-            outcome.dead_letters.append(dead_letter_row(env, exc.reason))
-
-    stored = _stored(engine, sorted({req.request_id for _, req in decoded}))
-    for env, req in decoded:
-        rid, fingerprint = req.request_id, req.features.fingerprint()
-        first = requests.get(rid)
-        known = stored[rid]["features_sha256"] if rid in stored else (first[1].features.fingerprint() if first else None)
-        if known is not None and known != fingerprint:
-            reason = f"duplicate request_id {rid}: already used with different features"
-            log.error("Dead-lettering message %s: %s", env.message_id, reason)
-            outcome.dead_letters.append(dead_letter_row(env, reason))
+            req, fingerprint = _decode(env)
+        except CONTENT_ERRORS as exc:
+            if isinstance(exc, PoisonMessage):
+                _dead_letter(outcome, [env], exc.reason)
+            else:
+                _dead_letter(outcome, [env], f"request {env.message_id}: {type(exc).__name__}: {exc}")
             continue
-        requests.setdefault(rid, (env.message_id, req))  # the same request again: answered once
+        same = variants.setdefault(req.request_id, {}).setdefault(fingerprint, _Request(req, fingerprint, []))
+        same.envelopes.append(env)
 
-    todo = [(rid, mid, req) for rid, (mid, req) in requests.items() if rid not in stored]
-    probabilities = predictor.predict_proba([req.features for _, _, req in todo])
+    # Requests stored before are not predicted again (stored rows never change); which variant a stored row answers
+    # is decided below, in the transaction that stores the new predictions.
+    with engine.connect() as conn:
+        known = set(_stored(conn, sorted(variants)))
+    todo = [(rid, next(iter(vs.values()))) for rid, vs in variants.items() if rid not in known]
+    answer = check_answer(predictor.predict_proba([r.request.features for _, r in todo]) if todo else [], len(todo))
     now = db.utcnow()
-    new_rows = [
-        {
-            "request_id": rid,
-            "message_id": mid,
-            "label": label_for(p),
-            "probability": p,
-            "model_version": predictor.version,
-            "predicted_at": now,
-            "submitted_at": req.submitted_at,
-            "features_sha256": req.features.fingerprint(),
-        }
-        for (rid, mid, req), p in zip(todo, probabilities, strict=True)
-    ]
+    new_rows = []
+    for (rid, r), value in zip(todo, answer, strict=True):
+        p = as_probability(value)
+        if p is None:
+            reason = f"model answered {value!r:.100} for request {rid}: not a probability in [0, 1]"
+            _dead_letter(outcome, r.envelopes, reason)
+            continue
+        new_rows.append(
+            {
+                "request_id": rid,
+                "message_id": r.envelopes[0].message_id,
+                "label": label_for(p),
+                "probability": p,
+                "model_version": predictor.version,
+                "predicted_at": now,
+                "submitted_at": r.request.submitted_at,
+                "features_sha256": r.fingerprint,
+            }
+        )
+
+    answered: dict[str, _Request] = {}  # request_id -> the variant its stored prediction answers
     with engine.begin() as conn:
-        db.insert_ignore(conn, db.predictions, new_rows)
+        inserted = db.insert_ignore(conn, db.predictions, new_rows)
+        # What is stored now, whoever stored it (this run or a concurrent one that won the insert race).
+        answers = _stored(conn, sorted(variants))
+        for rid, vs in variants.items():
+            row = answers.get(rid)
+            first = next(iter(vs.values()))
+            if row is None:  # the first variant's model value was invalid (dead-lettered above)
+                winner = first.fingerprint
+            else:  # a row stored before fingerprints were kept answers the first variant
+                winner = row["features_sha256"] or first.fingerprint
+            for fingerprint, r in vs.items():
+                if fingerprint != winner:
+                    _dead_letter(outcome, r.envelopes, f"duplicate request_id {rid}: already used with different features")
+                elif row is not None:
+                    answered[rid] = r
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)
     maybe_fail("inference.after_store")
-    # Re-read so that a concurrent run that won the insert race and this one reply with the same answer.
-    answers = _stored(engine, list(requests)) if requests else {}
 
     replies = [
         InferenceReply(
             correlation_id=rid,
-            label=row["label"],
-            probability=row["probability"],
-            model_version=row["model_version"],
-            predicted_at=db.as_utc(row["predicted_at"]),
+            label=answers[rid]["label"],
+            probability=answers[rid]["probability"],
+            model_version=answers[rid]["model_version"],
+            predicted_at=db.as_utc(answers[rid]["predicted_at"]),
         )
-        for rid, row in answers.items()
+        for rid in answered
     ]
     if replies:
         send_replies(replies)
-    outcome.requests = len(requests)
-    outcome.predicted = len(new_rows)
-    outcome.reused = len(requests) - len(new_rows)
+    outcome.requests = len(answered)
+    outcome.predicted = min(inserted, len(answered))
+    outcome.reused = len(answered) - outcome.predicted
     outcome.replies = len(replies)
+    outcome.message_ids = [env.message_id for r in answered.values() for env in r.envelopes]
     log.info("%d requests: %d predicted, %d answered from stored predictions, %d dead-lettered",
              outcome.requests, outcome.predicted, outcome.reused, len(outcome.dead_letters))
     return outcome
-

@@ -51,6 +51,6 @@ class InferenceReply(BaseModel):
     correlation_id: str
     status: Literal["ok"] = "ok"
     label: Literal["failure", "ok"]
-    probability: Annotated[float, Field(ge=0, le=1)]
+    probability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     model_version: str
     predicted_at: AwareDatetime

@@ -4,7 +4,8 @@ Order of effects (at-least-once, exactly-once in the end):
 1. alerts are published and flushed (each with a dedup key derived from the reading that caused it);
 2. then, in one transaction: readings, new device state, the published alerts and any dead letters.
 A crash between 1 and 2 replays the run: the same readings produce the same alerts with the same dedup keys,
-which consumers drop; state is only advanced once.
+which consumers drop; state is only advanced once. A reading whose content cannot be handled (bad JSON, a
+timestamp out of range or too far from the processing time, ...) is dead-lettered; the rest of the run goes on.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select, tuple_
 
-from include.event_pipelines import db
+from include.event_pipelines import config, db
 from include.event_pipelines.faults import maybe_fail
 from include.event_pipelines.iot.rules import RULES, DeviceState, evaluate
 from include.event_pipelines.iot.schemas import AlertEvent, SensorReading
-from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode
+from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class IotOutcome:
     alerts_raised: int = 0
     alerts_cleared: int = 0
     dead_letters: list[dict[str, object]] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)  # the readings stored (not dead-lettered)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,39 +60,85 @@ def _load_states(engine: Engine, keys: set[tuple[str, str]]) -> dict[tuple[str, 
                 states[(r["device_id"], r["sensor"])] = DeviceState(
                     alerting=bool(r["alerting"]),
                     last_value=r["last_value"],
-                    last_ts=db.as_utc(r["last_ts"]),
-                    changed_at=db.as_utc(r["changed_at"]),
+                    last_ts=db.as_utc(r["last_ts"]).astimezone(timezone.utc),
+                    changed_at=db.as_utc(r["changed_at"]).astimezone(timezone.utc),
                 )
     return states
 
 
+def _admit(env: Envelope, now: datetime, max_age_s: float, max_skew_s: float) -> SensorReading:
+    """The reading with its ``ts`` in UTC, or ``PoisonMessage`` if it cannot be used."""
+    reading = decode(env, SensorReading)
+    raw = reading.ts.isoformat()
+    try:
+        ts = reading.ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise PoisonMessage(env.message_id, f"ts {raw} is outside the range of representable UTC times") from None
+    ahead = (ts - now).total_seconds()
+    if ahead > max_skew_s:
+        raise PoisonMessage(
+            env.message_id,
+            f"ts {raw} is {ahead:.0f} s in the future (processed at {now.isoformat()}; "
+            f"at most {max_skew_s:g} s of clock skew is allowed): check the device clock",
+        )
+    if -ahead > max_age_s:
+        raise PoisonMessage(
+            env.message_id,
+            f"ts {raw} is {-ahead:.0f} s old (processed at {now.isoformat()}; readings older than "
+            f"{max_age_s:g} s are not evaluated)",
+        )
+    return reading.model_copy(update={"ts": ts})
 
-def process_readings(envelopes: Sequence[Envelope], engine: Engine, publish: Publisher) -> IotOutcome:
-    """Apply a run's readings in timestamp order per device; publish transitions; persist state."""
+
+def _dead_letter(outcome: IotOutcome, env: Envelope, exc: Exception) -> None:
+    reason = exc.reason if isinstance(exc, PoisonMessage) else f"reading {env.message_id}: {type(exc).__name__}: {exc}"
+    log.error("Dead-lettering message %s: %s", env.message_id, reason)
+    outcome.dead_letters.append(dead_letter_row(env, reason))
+
+
+def process_readings(
+    envelopes: Sequence[Envelope],
+    engine: Engine,
+    publish: Publisher,
+    *,
+    now: datetime | None = None,
+    max_age_seconds: float | None = None,
+    max_skew_seconds: float | None = None,
+) -> IotOutcome:
+    """Apply a run's readings in timestamp order per device; publish transitions; persist state.
+
+    ``now`` (default: the current time) and the bounds (default: ``config.IOT_MAX_READING_AGE_SECONDS`` and
+    ``config.IOT_MAX_CLOCK_SKEW_SECONDS``) decide which readings are too old or too far in the future.
+    """
+    now = db.utcnow() if now is None else now
+    if now.tzinfo is None:
+        raise ValueError(f"naive now {now!r}: pass an aware datetime")
+    now = now.astimezone(timezone.utc)
+    max_age = config.IOT_MAX_READING_AGE_SECONDS if max_age_seconds is None else max_age_seconds
+    max_skew = config.IOT_MAX_CLOCK_SKEW_SECONDS if max_skew_seconds is None else max_skew_seconds
+
     outcome = IotOutcome()
-    readings: list[tuple[str, SensorReading]] = []
+    readings: list[tuple[Envelope, SensorReading]] = []
     for env in envelopes:
         try:
-            readings.append((env.message_id, decode(env, SensorReading)))
-        except PoisonMessage as exc:
-            log.error("Dead-lettering %s", exc)
-            outcome.dead_letters.append(dead_letter_row(env, exc.reason))
+            readings.append((env, _admit(env, now, max_age, max_skew)))
+        except CONTENT_ERRORS as exc:
+            _dead_letter(outcome, env, exc)
 
-    readings.sort(key=lambda item: (item[1].ts, item[0]))
+    readings.sort(key=lambda item: (item[1].ts, item[0].message_id))  # every ts is UTC here
     states = _load_states(engine, {(r.device_id, r.sensor) for _, r in readings})
     changed: dict[tuple[str, str], DeviceState] = {}
     alerts: list[AlertEvent] = []
-    for mid, r in readings:
+    accepted: list[tuple[str, SensorReading]] = []
+    for env, r in readings:
         key = (r.device_id, r.sensor)
-        rule = RULES[r.sensor]
-        new_state, transition = evaluate(rule, states.get(key), r.value, r.ts)
-        if new_state is not None and new_state is not states.get(key):
-            states[key] = changed[key] = new_state
-        if transition is not None:
-            ts_iso = r.ts.astimezone(timezone.utc).isoformat()
-            alerts.append(
-                AlertEvent(
-                    dedup_key=AlertEvent.make_dedup_key(r.device_id, r.sensor, transition, ts_iso),
+        try:  # compute everything first: a reading that fails here leaves state and alerts untouched
+            rule = RULES[r.sensor]
+            new_state, transition = evaluate(rule, states.get(key), r.value, r.ts)
+            alert = None
+            if transition is not None:
+                alert = AlertEvent(
+                    dedup_key=AlertEvent.make_dedup_key(r.device_id, r.sensor, transition, r.ts.isoformat()),
                     kind=transition,
                     device_id=r.device_id,
                     sensor=r.sensor,
@@ -99,9 +147,16 @@ def process_readings(envelopes: Sequence[Envelope], engine: Engine, publish: Pub
                     rule=rule.describe(),
                     severity=rule.severity,
                     ts=r.ts,
-                    source_message_id=mid,
+                    source_message_id=env.message_id,
                 )
-            )
+        except CONTENT_ERRORS as exc:
+            _dead_letter(outcome, env, exc)
+            continue
+        if new_state is not None and new_state is not states.get(key):
+            states[key] = changed[key] = new_state
+        if alert is not None:
+            alerts.append(alert)
+        accepted.append((env.message_id, r))
 
     if alerts:
         publish(alerts)  # flushed before any state is committed
@@ -112,7 +167,7 @@ def process_readings(envelopes: Sequence[Envelope], engine: Engine, publish: Pub
             db.iot_readings,
             [
                 {"message_id": mid, "device_id": r.device_id, "sensor": r.sensor, "value": r.value, "unit": r.unit, "ts": r.ts}
-                for mid, r in readings
+                for mid, r in accepted
             ],
         )
         db.upsert(
@@ -135,7 +190,8 @@ def process_readings(envelopes: Sequence[Envelope], engine: Engine, publish: Pub
         )
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)
 
-    outcome.readings = len(readings)
+    outcome.readings = len(accepted)
+    outcome.message_ids = [mid for mid, _ in accepted]
     outcome.alerts_raised = sum(a.kind == "raised" for a in alerts)
     outcome.alerts_cleared = sum(a.kind == "cleared" for a in alerts)
     log.info("%d readings, %d alerts raised, %d cleared, %d dead-lettered", outcome.readings,
