@@ -319,8 +319,80 @@ def start_kafka(
     return _spawn(cmd, log_path, pid_file, data_dir)
 
 
+# ElasticMQ's REST servers (its bundled application.conf binds both to 0.0.0.0 unless a config says otherwise).
+ELASTICMQ_SERVERS = ("rest-sqs", "rest-stats")
+LOOPBACK_CONF_NAME = "elasticmq.loopback.conf"  # the copy ElasticMQ runs, in the data folder
+# A bind-hostname assignment anywhere: inside a block, inline (``{ a = 1, bind-hostname = "x" }``) or as a path.
+_BIND_HOSTNAME = re.compile(r'(?P<key>\bbind-hostname[ \t]*[=:][ \t]*)(?P<value>"[^"\n]*"|[^\s#,}"]+)')
+
+
+def _mask_comments(text: str) -> str:
+    """``text`` with HOCON comments blanked out (same length, so offsets still match the original)."""
+    return re.sub(r'"[^"\n]*"|(?:#|//)[^\n]*',
+                  lambda m: m.group() if m.group().startswith('"') else " " * len(m.group()), text)
+
+
+def elasticmq_bind_hostnames(text: str) -> dict[str, list[str]]:
+    """Every ``bind-hostname`` value an ElasticMQ HOCON text assigns to each of ELASTICMQ_SERVERS, in order
+    (the last one wins); an assignment outside their blocks is listed under ``"?"``."""
+    masked = _mask_comments(text)
+    found: dict[str, list[str]] = {}
+    for match in _BIND_HOSTNAME.finditer(masked):
+        head = masked[: match.start()]
+        path = re.search(r"([\w-]+)\.$", head)  # rest-sqs.bind-hostname = ...
+        if path:
+            server = path.group(1)
+        else:  # the innermost block still open before the key
+            depth, server = 0, "?"
+            for opener in reversed(list(re.finditer(r'[{}]|"?([\w-]+)"?[ \t]*[=:]?[ \t]*\{', head))):
+                if opener.group() == "}":
+                    depth += 1
+                elif depth:
+                    depth -= 1
+                else:
+                    server = opener.group(1) or "?"
+                    break
+        found.setdefault(server, []).append(match.group("value").strip('"'))
+    return found
+
+
+def loopback_elasticmq_conf(conf_path: Path, data_dir: Path, host: str = HOST) -> Path:
+    """Write ``<data_dir>/elasticmq.loopback.conf``: ``conf_path`` with its REST servers bound to ``host`` only.
+
+    ``devstack/elasticmq.conf`` binds 0.0.0.0, right inside the ``sqs`` container of docker-compose.override.yml
+    (Docker publishes the port on the host's loopback) but, run natively, it would open the queues to the network.
+    Every ``bind-hostname`` is substituted, and a final ``<server>.bind-hostname`` per server (later HOCON keys win)
+    covers a config that leaves it to ElasticMQ's 0.0.0.0 default. Raises BrokerError unless the result binds
+    every REST server to ``host`` and nothing else.
+    """
+    text = Path(conf_path).read_text()
+    masked = _mask_comments(text)
+    parts, pos = [], 0
+    for match in _BIND_HOSTNAME.finditer(masked):
+        parts += [text[pos : match.start("value")], f'"{host}"']
+        pos = match.end("value")
+    substituted = len(parts) // 2
+    derived = (
+        f"# Written by devstack/brokers.py from {Path(conf_path).resolve()}: {substituted} bind-hostname(s) set to"
+        f" {host}.\n" + "".join([*parts, text[pos:]])
+        + "\n# ---- devstack/brokers.py: the native stack listens on the loopback interface only\n"
+        + "".join(f'{server}.bind-hostname = "{host}"\n' for server in ELASTICMQ_SERVERS)
+    )
+    binds = elasticmq_bind_hostnames(derived)
+    wrong = {server: values for server, values in binds.items() if set(values) != {host}}
+    if wrong or any(binds.get(server, [None])[-1] != host for server in ELASTICMQ_SERVERS):
+        raise BrokerError(f"could not bind ElasticMQ to {host} only: {binds} in the copy of {conf_path}")
+    target = Path(data_dir) / LOOPBACK_CONF_NAME
+    target.write_text(derived)
+    return target
+
+
 def start_elasticmq(cache_dir: Path, data_dir: Path, conf_path: Path = ELASTICMQ_CONF, port: int = SQS_PORT) -> int:
-    """Start ElasticMQ detached with ``conf_path`` (HOCON; it must bind ``port``); returns its PID."""
+    """Start ElasticMQ detached with ``conf_path`` (HOCON; it must bind ``port``); returns its PID.
+
+    ElasticMQ runs a copy of ``conf_path`` in ``data_dir`` whose REST servers bind HOST only
+    (``loopback_elasticmq_conf``).
+    """
     data_dir, pid_file, log_path, lib, pid = _prepare(cache_dir, data_dir, "elasticmq")
     if pid is not None:
         return pid
@@ -328,6 +400,7 @@ def start_elasticmq(cache_dir: Path, data_dir: Path, conf_path: Path = ELASTICMQ
     if not conf_path.is_file():
         raise BrokerError(f"ElasticMQ config {conf_path} not found")
     _check_free("elasticmq", port)
+    conf_path = loopback_elasticmq_conf(conf_path, data_dir)
     cmd = [_java(), f"-Dconfig.file={conf_path}", *ELASTICMQ_HEAP, "-cp", f"{lib}/*", ELASTICMQ_MAIN]
     return _spawn(cmd, log_path, pid_file, data_dir)
 

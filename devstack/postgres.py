@@ -17,6 +17,7 @@ from pathlib import Path
 
 PORT = int(os.environ.get("DEVSTACK_PG_PORT", "5433"))  # not 5432: leave a system server alone
 DATABASE = "airflow"
+LISTEN_ADDRESSES = "127.0.0.1"  # TCP on the loopback interface only
 
 
 class PostgresError(RuntimeError):
@@ -61,6 +62,14 @@ def url(port: int = PORT) -> str:
     return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{DATABASE}"
 
 
+def server_options(data: Path, port: int = PORT) -> str:
+    """``postgres`` options of the private server: TCP on the loopback interface only (``listen_addresses``), its
+    Unix socket inside the data folder, and small and fast: a benchmark/test database on a
+    laptop-class machine, durability not needed."""
+    return (f"-c listen_addresses={LISTEN_ADDRESSES} -c port={port} -c unix_socket_directories={data}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+
+
 def start(data: Path, log: Path, port: int = PORT) -> str:
     """Create the cluster on first use, start it (if not running) and the ``airflow`` database; returns its URL."""
     bins = bindir()
@@ -78,11 +87,8 @@ def start(data: Path, log: Path, port: int = PORT) -> str:
         _run([str(bins / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"],
              "initdb")
     if not running(data):
-        # small and fast: a benchmark/test database on a laptop-class machine, durability not needed
-        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={data}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        _run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"],
-             "pg_ctl start")
+        _run([str(bins / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
+              "-o", server_options(data, port), "start"], "pg_ctl start")
     exists = subprocess.run(
         _as_owner([str(bins / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
                    f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"]),

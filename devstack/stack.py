@@ -6,10 +6,19 @@
     DEVSTACK_DB=postgres python -m devstack.stack up   # Airflow on a private PostgreSQL server instead of SQLite
 
 Each Airflow component is its own process in its own session (so ``down`` signals the whole group: LocalExecutor
-workers, ``serve-logs``, API workers), with a PID file and a log in ``.devstack/run``. Every process carries
+workers, API workers), with a PID file and a log in ``.devstack/run``. Every process carries
 ``DEVSTACK_PROCESS_OF`` in its environment; ``down`` finishes with a sweep of any process still carrying it, so an
-orphan (e.g. ``serve-logs`` of a triggerer that was ``kill -9``-ed) cannot survive. ``airflow standalone`` is not
+orphan (e.g. a task process of a scheduler that was ``kill -9``-ed) cannot survive. ``airflow standalone`` is not
 used: SIGTERM orphans its children and it does not restart a dead triggerer.
+
+Everything listens on 127.0.0.1 only (``LISTEN_HOST``): Kafka and ElasticMQ (``devstack.brokers``), the API server,
+PostgreSQL (``devstack.postgres``). The scheduler and the triggerer run without their ``serve-logs`` servers, which
+Airflow binds to every interface with no setting to change it; the API server reads the task and trigger logs
+from the log folder they share on this machine.
+
+The JWT secret of the components is in ``<state>/jwt_secret`` (mode 0600) and never printed: ``env`` and
+``env-json`` give ``AIRFLOW__API_AUTH__JWT_SECRET_CMD`` (Airflow reads the file) instead, and leave out anything
+else named like a secret and connections with a password (``printable_env``).
 
 Connections come from ``airflow_settings.yaml`` with only the hosts overridden (``devstack.settings``).
 """
@@ -19,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,6 +54,7 @@ DB = os.environ.get("DEVSTACK_DB", "sqlite")
 PG_DATA = STATE / "postgres"
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
 DAG_IDS = ("data_delivery_etl", "iot_alerting", "inference_execution")
+LISTEN_HOST = brokers.HOST  # every server of the stack binds this (loopback) address only
 SQS_ENDPOINT = f"http://{brokers.HOST}:{brokers.SQS_PORT}"
 KAFKA_BOOTSTRAP = f"{brokers.HOST}:{brokers.KAFKA_PORT}"
 
@@ -56,14 +68,42 @@ class StackError(RuntimeError):
     pass
 
 
+JWT_SECRET_VAR = "AIRFLOW__API_AUTH__JWT_SECRET"
+# Variables whose value is never printed (env, env-json), by name: Airflow's secrets and anything named like one
+# (an AWS_SECRET_ACCESS_KEY or a token inherited from the caller's environment).
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|FERNET_KEY|API_KEY",
+                         re.IGNORECASE)
+
+
+def _secret_path() -> Path:
+    return STATE / "jwt_secret"
+
+
 def _secret() -> str:
-    """One JWT secret shared by every component of this stack (the execution API checks task tokens with it)."""
-    path = STATE / "jwt_secret"
+    """One JWT secret shared by every component of this stack (the execution API checks task tokens with it).
+
+    The file is created with mode 0600 from the start and filled before it appears under its name (written to an
+    exclusive temporary file, then hard-linked into place): no moment where it is readable by others, or empty.
+    """
+    path = _secret_path()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # fails if another process created it meanwhile: theirs is kept
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = path.read_text().strip()
+    if not secret:
+        raise StackError(f"{path} is empty: delete it (a new secret is made on the next start)")
+    return secret
 
 
 def metadata_db_url() -> str:
@@ -93,9 +133,11 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{API_PORT}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": _secret(),
+            JWT_SECRET_VAR: _secret(),
             "AIRFLOW__API__PORT": str(API_PORT),
-            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__HOST": LISTEN_HOST,
+            # Off by default; should someone enable it, its server binds this instead of 0.0.0.0.
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LISTEN_HOST,
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
             # A triggerer that died hands its watchers to a new one after this long (default 30 s).
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
@@ -113,8 +155,63 @@ def airflow_env() -> dict[str, str]:
     return env
 
 
+def _connection_has_credentials(value: str) -> bool:
+    """Whether an ``AIRFLOW_CONN_*`` value (JSON or URI) carries a password or a secret-like extra."""
+    try:
+        conn = json.loads(value)
+    except ValueError:
+        from urllib.parse import parse_qsl, urlsplit
+
+        parts = urlsplit(value)
+        return bool(parts.password) or any(SECRET_NAME.search(k) for k, _ in parse_qsl(parts.query))
+    if not isinstance(conn, dict):
+        return True  # not a connection we understand: keep it out
+    extra = conn.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            return True
+    keys = [k for k, v in conn.items() if v] + [k for k, v in (extra.items() if isinstance(extra, dict) else ()) if v]
+    return any(k == "password" or SECRET_NAME.search(k) for k in keys)
+
+
+def printable_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without secrets, fit to print: variables named like a secret (``SECRET_NAME``) and connections
+    (``AIRFLOW_CONN_*``) with a password or secret-like extra are left out; the JWT secret is replaced by
+    ``AIRFLOW__API_AUTH__JWT_SECRET_CMD``, with which Airflow reads it from its file (mode 0600)."""
+    out = {
+        k: v for k, v in env.items()
+        if not SECRET_NAME.search(k) and not (k.startswith("AIRFLOW_CONN_") and _connection_has_credentials(v))
+    }
+    if JWT_SECRET_VAR in env:
+        out[f"{JWT_SECRET_VAR}_CMD"] = f"cat {shlex.quote(str(_secret_path()))}"
+    return out
+
+
+def env_json() -> dict[str, str]:
+    """What ``env-json`` prints (``devstack.testing`` reads it): the stack's environment without secrets, and where
+    its data and logs are."""
+    return {**printable_env(airflow_env()), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN), "DEVSTACK_DB": DB}
+
+
 def _airflow() -> str:
     return str(Path(sys.executable).parent / "airflow")
+
+
+def component_command(name: str) -> list[str]:
+    """The command line of one Airflow component.
+
+    ``--skip-serve-logs``: the scheduler's and the triggerer's log servers bind every interface (``serve_logs``
+    hard-codes the host; ``[logging] worker_log_server_port`` / ``trigger_log_server_port`` set only the port). The
+    API server runs on this machine and reads the log files directly, so they are not started at all.
+    """
+    args = {
+        "scheduler": ["--skip-serve-logs"],
+        "triggerer": ["--skip-serve-logs"],
+        "api-server": ["--host", LISTEN_HOST, "--port", str(API_PORT)],
+    }
+    return [_airflow(), name, *args.get(name, [])]
 
 
 def _pid_file(name: str) -> Path:
@@ -126,7 +223,7 @@ def start_component(name: str, env: dict[str, str]) -> int:
     pid = brokers.running_pid(_pid_file(name))
     if pid is not None:
         return pid
-    cmd = [_airflow(), name] + (["--port", str(API_PORT)] if name == "api-server" else [])
+    cmd = component_command(name)
     log = (RUN / f"airflow-{name}.log").open("ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
@@ -306,9 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(status(), indent=2))
         return 0 if all(status().values()) else 3
     elif args.command == "env-json":
-        print(json.dumps({**airflow_env(), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN), "DEVSTACK_DB": DB}))
+        print(json.dumps(env_json()))
     else:
-        env = airflow_env()
+        env = printable_env(airflow_env())
         for key in sorted(k for k in env if k.startswith(("AIRFLOW", "SQS_", "KAFKA_", "LANDING", "QUARANTINE"))):
             print(f"export {key}={json.dumps(env[key])}")
     return 0
