@@ -153,7 +153,10 @@ def raw_bytes(envelope: Envelope) -> bytes:
 def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:
     """A ``dead_letters`` row: the source message id, the reason and the original body (base64 if not UTF-8)."""
     body = envelope.body if envelope.body_b64 is None else envelope.body_b64
-    return {"message_id": envelope.message_id, "source": envelope.source, "reason": reason, "body": body}
+    if body is not None and "\x00" in body:  # PostgreSQL text cannot hold NUL: keep such a body as base64
+        body = base64.b64encode(body.encode("utf-8", "surrogatepass")).decode("ascii")
+    return {"message_id": envelope.message_id, "source": envelope.source, "reason": reason.replace("\x00", "\\x00"),
+            "body": body}
 
 
 def decode(envelope: Envelope, model: type[M]) -> M:
@@ -175,6 +178,8 @@ def decode(envelope: Envelope, model: type[M]) -> M:
         raise PoisonMessage(mid, f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise PoisonMessage(mid, "body is JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python's int-to-str digit limit
+        raise PoisonMessage(mid, f"body is not usable JSON: {exc}") from None
     if not isinstance(data, dict):
         raise PoisonMessage(mid, f"body is JSON {type(data).__name__}, expected an object")
     try:

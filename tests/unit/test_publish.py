@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -199,7 +199,7 @@ def test_iot_expected_transitions_are_what_the_pipeline_produces(engine: Engine,
     recorder = AlertRecorder()
     start = 0
     for size in chunks:  # runs see the topic in order, in batches of any size; state carries over
-        process_readings(envelopes[start : start + size], engine, recorder)
+        process_readings(envelopes[start : start + size], engine, recorder, now=T0 + timedelta(hours=1))
         start += size
     produced = {a.source_message_id: a.kind for a in recorder.alerts}
     expected = {env.message_id: m.expect["transition"] for env, m in zip(envelopes, msgs, strict=True)
