@@ -205,6 +205,7 @@ def test_a_symlink_in_the_landing_folder_to_a_file_outside_is_refused(engine: En
 @pytest.mark.parametrize("kind", ["directory", "FIFO", "socket"])
 def test_a_file_that_is_not_regular_is_dead_lettered_and_left_alone(engine, tmp_path, kind) -> None:
     import os
+    import shutil
     import socket
     import tempfile
 
@@ -223,11 +224,12 @@ def test_a_file_that_is_not_regular_is_dead_lettered_and_left_alone(engine, tmp_
     try:
         outcome = process_delivery(notice_env(path.as_uri()), engine, resolve, tmp_path / "q",
                                    landing_roots=[landing.as_uri()])
+        assert_dead_letter(engine, outcome, contains=f"uri {path.as_uri()} is not a regular file (it is a {kind})")
+        assert path.exists() or path.is_socket()
     finally:
         if sock is not None:
             sock.close()
-    assert_dead_letter(engine, outcome, contains=f"uri {path.as_uri()} is not a regular file (it is a {kind})")
-    assert path.exists() or path.is_socket()
+            shutil.rmtree(base)
 
 
 def test_dev_zero_is_not_read(engine: Engine, tmp_path: Path) -> None:
