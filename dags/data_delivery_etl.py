@@ -3,11 +3,14 @@
 
 A producer drops a CSV file (local `file://` or `s3://`, read with `ObjectStoragePath`) and sends a
 "data ready" message to the `data-deliveries` queue. The watcher turns the message into an asset event; this DAG
+reads the file only from a landing root (`ETL_LANDING_ROOTS`; a regular file of at most `ETL_MAX_FILE_BYTES`),
 validates message and file (checksum, header, every row, row count), transforms (integer cents, ISO currency,
 UTC timestamps), and loads the file into the `orders` table of the `events_db` connection in **one transaction
-with a ledger row keyed on the file's SHA-256**, so the same file delivered twice changes nothing. A bad file is
-moved to the quarantine location with a `.reason.json` and an `etl_quarantine` row; a bad message is kept in
-`dead_letters` with its reason. Loaded tables update the `events_db.orders` asset for downstream DAGs.
+with a ledger row unique on the file's SHA-256 and on its delivery_id**, so the same file delivered twice changes
+nothing, and a delivery_id reused for other content is dead-lettered. An order is replaced only by a newer
+delivery. A bad file is moved to the quarantine location with a `.reason.json` and an `etl_quarantine` row; a bad
+message (or a URI outside the landing roots) is kept in `dead_letters` with its reason. Messages are processed in
+batches of `ETL_BATCH_SIZE` (one mapped task each). Loaded tables update the `events_db.orders` asset.
 
 Delivery: messages are received **without deletion**; the run keeps them invisible for `SQS_VISIBILITY_TIMEOUT`
 seconds and deletes each by receipt handle only after its load/quarantine is committed (a bad message first goes
@@ -59,31 +62,34 @@ source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
 )
 def data_delivery_etl() -> None:
     @task
-    def collect_messages(**context: Any) -> list[dict[str, Any]]:
-        """Every "data ready" message of this run (all coalesced asset events, each SQS batch in full)."""
-        return airflow_io.run_messages(context, deliveries, source, produced_at_field="delivered_at")
+    def collect_messages(**context: Any) -> list[list[dict[str, Any]]]:
+        """Every "data ready" message of this run (all coalesced asset events), in batches of `ETL_BATCH_SIZE`."""
+        messages = airflow_io.run_messages(context, deliveries, source, produced_at_field="delivered_at")
+        return airflow_io.map_batches(messages, config.ETL_BATCH_SIZE)
 
-    @task(map_index_template="{{ message_id }}")
-    def load_delivery(message: dict[str, Any]) -> dict[str, Any]:
-        """Validate, transform and load one delivered file (or quarantine it), then acknowledge its message."""
-        envelope = airflow_io.to_envelopes([message])[0]
-        get_current_context()["message_id"] = envelope.message_id  # type: ignore[typeddict-unknown-key]
-        outcome = etl.process_delivery(
-            envelope, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
+    @task(map_index_template="{{ batch_label }}")
+    def load_deliveries(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Validate, transform and load each delivered file of the batch (or quarantine or dead-letter it), then
+        acknowledge the batch's messages."""
+        envelopes = airflow_io.to_envelopes(batch)
+        label = f"{envelopes[0].message_id} +{len(envelopes) - 1}"
+        get_current_context()["batch_label"] = label  # type: ignore[typeddict-unknown-key]
+        outcomes = etl.process_batch(
+            envelopes, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
         )
-        source.settle([envelope], outcome.dead_letters())
-        return outcome.as_dict()
+        source.settle(envelopes, [d for o in outcomes for d in o.dead_letters()])
+        return [o.as_dict() for o in outcomes]
 
     @task(outlets=[orders_table])
-    def announce_orders(outcomes: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+    def announce_orders(batches: list[list[dict[str, Any]]], **context: Any) -> dict[str, Any]:
         """Update the `events_db.orders` asset when rows were loaded (skipped otherwise)."""
-        summary = etl.summarize(list(outcomes))
+        summary = etl.summarize([o for batch in batches for o in batch])
         context["outlet_events"][orders_table].extra = summary
         if not summary["rows_loaded"]:
             raise AirflowSkipException(f"nothing loaded: {summary}")
         return summary
 
-    announce_orders(load_delivery.expand(message=collect_messages()))
+    announce_orders(load_deliveries.expand(batch=collect_messages()))
 
 
 data_delivery_etl()

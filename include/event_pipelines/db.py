@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -110,9 +111,10 @@ orders = Table(
     Column("ordered_at", UtcDateTime(), nullable=False),
     Column("delivery_id", String(128), nullable=False),
     Column("source_sha256", String(64), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=False),  # of the notice: a row is replaced only by a newer one
 )
 
-etl_deliveries = Table(  # ledger: one row per distinct file content ever loaded
+etl_deliveries = Table(  # ledger: one row per distinct file content and per delivery_id ever loaded
     "etl_deliveries",
     metadata,
     Column("sha256", String(64), primary_key=True),
@@ -122,6 +124,7 @@ etl_deliveries = Table(  # ledger: one row per distinct file content ever loaded
     Column("message_id", String(256), nullable=False),
     Column("producer", String(128), nullable=False),
     Column("loaded_at", UtcDateTime(), nullable=False, default=utcnow),
+    UniqueConstraint("delivery_id", name="uq_etl_deliveries_delivery_id"),  # a reused id never loads twice
 )
 
 etl_quarantine = Table(

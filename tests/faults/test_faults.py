@@ -267,7 +267,8 @@ def test_a_duplicate_id_with_different_content_is_dead_lettered(stack: Stack, re
 
 def _failed_runs_of(stack: Stack, dag_id: str, message_ids: set[str]) -> dict[str, int]:
     """message id -> in how many runs that failed for good it was (the pipelines' own record)."""
-    events = create_engine(stack.events_url)
+    events = db.configure_sqlite(create_engine(stack.events_url))
+    db.ensure_schema(events)  # the pipelines create their tables on their first run; this may look before that
     t = db.message_failures
     with events.connect() as conn:
         rows = conn.execute(select(t.c.message_id, func.count()).where(

@@ -162,7 +162,7 @@ def test_etl_uri_prefix_is_where_airflow_sees_the_folder(tmp_path: Path) -> None
 
 def test_etl_deliveries_load_exactly_the_expected_orders(engine: Engine, tmp_path: Path) -> None:
     msgs = list(pub.etl_messages("r3", 4, 3, tmp_path / "landing", seed=2))
-    outcomes = [process_delivery(sqs_envelope(i, m), engine, resolve, tmp_path / "q") for i, m in enumerate(msgs)]
+    outcomes = [process_delivery(sqs_envelope(i, m), engine, resolve, tmp_path / "q", landing_roots=[(tmp_path / "landing").as_uri()]) for i, m in enumerate(msgs)]
     assert [o.status for o in outcomes] == ["loaded"] * 4
     with engine.connect() as conn:
         loaded = sorted(conn.execute(select(db.orders.c.order_id)).scalars())
@@ -362,7 +362,7 @@ def test_etl_poison_is_dead_lettered_or_quarantined_as_recorded(engine: Engine, 
     assert not (tmp_path / "landing" / "d-pz-missing-file.csv").exists()
     assert (tmp_path / "landing" / "d-pz-truncated-file.csv").exists()
     for i, m in enumerate(msgs):
-        outcome = process_delivery(sqs_envelope(i, m), engine, resolve, tmp_path / "q")
+        outcome = process_delivery(sqs_envelope(i, m), engine, resolve, tmp_path / "q", landing_roots=[(tmp_path / "landing").as_uri()])
         if "quarantine_reason_contains" in m.expect:
             assert outcome.status == "quarantined", outcome
             assert m.expect["quarantine_reason_contains"] in (outcome.reason or "")

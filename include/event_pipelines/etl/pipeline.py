@@ -1,9 +1,11 @@
 """Data-delivery ETL: validate a "data ready" message and its file, transform, load once, or quarantine.
 
-A file is loaded in one transaction together with its ledger row (keyed on the file's SHA-256), so a file is
-either fully loaded or not at all, and the same content delivered twice (same or another message) changes
-nothing. A file that fails validation is moved to the quarantine location with a ``<name>.reason.json`` beside
-it and a row in ``etl_quarantine``; nothing of it is loaded.
+The message's URI must be inside a landing root and its file a regular file within the size limit
+(``landing.py``), or the message is dead-lettered and the file left untouched. A file is loaded in one transaction
+with its ledger row (unique on the file's SHA-256 and on the delivery_id), which also decides, under concurrency,
+between loaded, duplicate (same content) and dead letter (delivery_id reused for other content). A row of
+``orders`` is replaced only by a newer delivery. A file that fails validation is moved under the quarantine root
+with a ``<name>.reason.json`` and an ``etl_quarantine`` row. One message's content never fails its batch.
 """
 
 from __future__ import annotations
@@ -13,39 +15,36 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from datetime import timezone
+from typing import Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 
-from include.event_pipelines import db
-from include.event_pipelines.faults import maybe_fail
+from include.event_pipelines import config, db
+from include.event_pipelines.etl import landing
+from include.event_pipelines.etl.landing import StoragePath, safe_text
 from include.event_pipelines.etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
-from include.event_pipelines.messages import Envelope, PoisonMessage, dead_letter_row, decode, validation_summary
+from include.event_pipelines.faults import maybe_fail
+from include.event_pipelines.messages import (
+    CONTENT_ERRORS,
+    Envelope,
+    PoisonMessage,
+    dead_letter_row,
+    decode,
+    validation_summary,
+)
 
 log = logging.getLogger(__name__)
 
 PIPELINE = "data_delivery_etl"
-MAX_FILE_BYTES = 256 * 1024 * 1024
-
-
-class StoragePath(Protocol):
-    """What the ETL needs of a path: ``ObjectStoragePath`` in Airflow, ``pathlib.Path`` in unit tests."""
-
-    @property
-    def name(self) -> str: ...
-    def exists(self) -> bool: ...
-    def read_bytes(self) -> bytes: ...
-    def write_bytes(self, data: bytes) -> int: ...
-    def write_text(self, data: str) -> int: ...
-    def unlink(self) -> None: ...
-    def mkdir(self, parents: bool = ..., exist_ok: bool = ...) -> None: ...
-    def __truediv__(self, other: str) -> StoragePath: ...
-
 
 Status = Literal["loaded", "duplicate", "quarantined", "dead_letter"]
+Verdict = Literal["load", "duplicate", "conflict"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,6 @@ class InvalidFile(ValueError):
 
 def parse_orders(data: bytes, notice: DeliveryNotice) -> list[dict[str, object]]:
     """Check the file against its notice and return the transformed records, or raise ``InvalidFile``."""
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidFile(f"file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit")
     digest = hashlib.sha256(data).hexdigest()
     if digest != notice.sha256:
         raise InvalidFile(f"checksum mismatch: file sha256 {digest}, message says {notice.sha256} (truncated?)")
@@ -80,20 +77,25 @@ def parse_orders(data: bytes, notice: DeliveryNotice) -> list[dict[str, object]]
     except UnicodeDecodeError as exc:
         raise InvalidFile(f"file is not UTF-8 text (byte {exc.start})") from None
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
-        raise InvalidFile(f"header is {header!r}, expected {list(CSV_HEADER)!r}")
-    records: list[dict[str, object]] = []
-    for line_no, values in enumerate(reader, start=2):
-        if not values:
-            continue
-        if len(values) != len(CSV_HEADER):
-            raise InvalidFile(f"line {line_no}: {len(values)} fields, expected {len(CSV_HEADER)}")
-        try:
-            row = OrderRow.model_validate(dict(zip(CSV_HEADER, values, strict=True)))
-        except ValidationError as exc:
-            raise InvalidFile(f"line {line_no}: {validation_summary(exc)}") from None
-        records.append(row.to_record(notice.delivery_id, notice.sha256))
+    try:
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != CSV_HEADER:
+            raise InvalidFile(f"header is {safe_text(repr(header), 200)}, expected {list(CSV_HEADER)!r}")
+        records: list[dict[str, object]] = []
+        for line_no, values in enumerate(reader, start=2):
+            if not values:
+                continue
+            if len(values) != len(CSV_HEADER):
+                raise InvalidFile(f"line {line_no}: {len(values)} fields, expected {len(CSV_HEADER)}")
+            try:
+                row = OrderRow.model_validate(dict(zip(CSV_HEADER, values, strict=True)))
+            except ValidationError as exc:
+                raise InvalidFile(f"line {line_no}: {safe_text(validation_summary(exc))}") from None
+            records.append(row.to_record(notice.delivery_id, notice.sha256))
+    except InvalidFile:
+        raise
+    except (csv.Error, *CONTENT_ERRORS) as exc:  # e.g. a field over csv's limit, a timestamp that overflows in UTC
+        raise InvalidFile(f"line {reader.line_num}: {type(exc).__name__}: {safe_text(str(exc), 200)}") from None
     if len(records) != notice.row_count:
         raise InvalidFile(f"file has {len(records)} data rows, message says {notice.row_count}")
     ids = [r["order_id"] for r in records]
@@ -102,112 +104,229 @@ def parse_orders(data: bytes, notice: DeliveryNotice) -> list[dict[str, object]]
     return records
 
 
-def load_records(engine: Engine, notice: DeliveryNotice, message_id: str, records: list[dict[str, object]]) -> bool:
-    """Load a validated file atomically. Returns False (and writes nothing) if this content was loaded before."""
+def ledger_verdict(delivery_id: str, sha256: str, ledger: Iterable[tuple[str, str]]) -> tuple[Verdict, str | None]:
+    """What to do with a file given the ledger rows ``(sha256, delivery_id)`` sharing its sha256 or delivery_id:
+    ``conflict`` (with the other sha256) if its delivery_id was loaded from other content, ``duplicate`` if its
+    content was loaded, else ``load``."""
+    rows = list(ledger)
+    other = next((sha for sha, did in rows if did == delivery_id and sha != sha256), None)
+    if other is not None:
+        return "conflict", other
+    if any(sha == sha256 for sha, _ in rows):
+        return "duplicate", None
+    return "load", None
+
+
+def _ledger_rows(conn: Connection, delivery_id: str, sha256: str) -> list[tuple[str, str]]:
+    t = db.etl_deliveries
+    query = select(t.c.sha256, t.c.delivery_id).where(or_(t.c.sha256 == sha256, t.c.delivery_id == delivery_id))
+    return [(str(sha), str(did)) for sha, did in conn.execute(query).all()]
+
+
+def check_ledger(engine: Engine, notice: DeliveryNotice) -> tuple[Verdict, str | None]:
+    """``ledger_verdict`` from what is committed now (a fast path; ``load_records`` decides for good)."""
+    with engine.connect() as conn:
+        return ledger_verdict(notice.delivery_id, notice.sha256, _ledger_rows(conn, notice.delivery_id, notice.sha256))
+
+
+def upsert_newer_orders(conn: Connection, records: Sequence[dict[str, object]]) -> None:
+    """Insert orders; replace an existing row only if this delivery is newer (tie: the greater source_sha256)."""
+    if not records:
+        return
+    t = db.orders
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(t)
+    new = stmt.excluded
+    newer = or_(
+        new.delivered_at > t.c.delivered_at,
+        (new.delivered_at == t.c.delivered_at) & (new.source_sha256 > t.c.source_sha256),
+    )
+    updates = {c.name: new[c.name] for c in t.columns if c.name != "order_id"}
+    conn.execute(stmt.on_conflict_do_update(index_elements=["order_id"], set_=updates, where=newer), list(records))
+
+
+def load_records(
+    engine: Engine, notice: DeliveryNotice, envelope: Envelope, records: list[dict[str, object]]
+) -> tuple[Verdict, str | None]:
+    """Load a validated file atomically, or not at all if the ledger refuses it (see ``ledger_verdict``).
+
+    The ledger insert is the guard (``ON CONFLICT DO NOTHING`` on sha256 and on delivery_id): a concurrent loader
+    waits for it, finds the winning row in the same transaction and does nothing, or records its dead letter.
+    """
+    delivered_at = notice.delivered_at.astimezone(timezone.utc)
     ledger = {
         "sha256": notice.sha256,
         "delivery_id": notice.delivery_id,
-        "uri": notice.uri,
+        "uri": safe_text(notice.uri, 2048),
         "rows_loaded": len(records),
-        "message_id": message_id,
+        "message_id": envelope.message_id,
         "producer": notice.producer,
         "loaded_at": db.utcnow(),
     }
     with engine.begin() as conn:
-        # The ledger insert is the guard: under concurrency the second loader finds the row and does nothing.
-        if db.insert_ignore(conn, db.etl_deliveries, [ledger]) == 0:
-            return False
-        db.upsert(conn, db.orders, records)  # a later delivery of the same order_id corrects it
-    return True
+        if db.insert_ignore(conn, db.etl_deliveries, [ledger]) == 1:
+            upsert_newer_orders(conn, [{**r, "delivered_at": delivered_at} for r in records])
+            return "load", None
+        verdict, other = ledger_verdict(notice.delivery_id, notice.sha256,
+                                        _ledger_rows(conn, notice.delivery_id, notice.sha256))
+        if verdict == "load":
+            raise RuntimeError(f"ledger insert of {notice.delivery_id} conflicted, but no conflicting row is visible")
+        if verdict == "conflict":
+            db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, _conflict_reason(notice, other))])
+        return verdict, other
 
 
-def already_loaded(engine: Engine, sha256: str) -> bool:
-    with engine.connect() as conn:
-        return conn.execute(select(db.etl_deliveries.c.sha256).where(db.etl_deliveries.c.sha256 == sha256)).first() is not None
+def _conflict_reason(notice: DeliveryNotice, other: str | None) -> str:
+    return f"duplicate delivery_id {notice.delivery_id}: already loaded from different content (sha256 {other})"
 
 
-def loaded_with_other_content(engine: Engine, notice: DeliveryNotice) -> str | None:
-    """The SHA-256 of a file already loaded under this delivery_id, if it is not this notice's file."""
-    t = db.etl_deliveries
-    with engine.connect() as conn:
-        shas = conn.execute(select(t.c.sha256).where(t.c.delivery_id == notice.delivery_id)).scalars().all()
-    return next((sha for sha in shas if sha != notice.sha256), None)
+def _duplicate_reason(notice: DeliveryNotice) -> str:
+    return f"content sha256 {notice.sha256} was already loaded; nothing to do"
 
 
 def quarantine(
-    engine: Engine, notice: DeliveryNotice, message_id: str, source: StoragePath, root: StoragePath, reason: str
+    engine: Engine,
+    notice: DeliveryNotice,
+    message_id: str,
+    source: landing.Located,
+    data: bytes | None,
+    remove: Callable[[], None],
+    root: StoragePath,
+    reason: str,
 ) -> str | None:
-    """Move the file aside with its reason, record it, and return where it went (None if there was no file)."""
+    """Keep the file's bytes (already read, so bounded) and its reason under ``root``, record it, then remove the
+    landing file with ``remove``. Returns where it went (None when there was no file)."""
     target: StoragePath | None = None
-    if source.exists():
-        folder = root / notice.delivery_id
+    if data is not None:
+        folder = landing.quarantine_folder(root, notice.delivery_id)
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / source.name
-        target.write_bytes(source.read_bytes())
-        (folder / f"{source.name}.reason.json").write_text(
-            json.dumps({"message_id": message_id, "uri": notice.uri, "reason": reason}, indent=2)
+        name = landing.safe_file_name(source.name)
+        target = folder / name
+        target.write_bytes(data)
+        (folder / f"{name}.reason.json").write_text(
+            json.dumps({"message_id": message_id, "uri": safe_text(notice.uri, 2048), "reason": reason}, indent=2)
         )
+    row = {
+        "delivery_id": notice.delivery_id,
+        "message_id": message_id,
+        "uri": safe_text(notice.uri, 2048),
+        "quarantined_uri": str(target) if target is not None else None,
+        "reason": reason,
+        "recorded_at": db.utcnow(),
+    }
     with engine.begin() as conn:
-        db.insert_ignore(
-            conn,
-            db.etl_quarantine,
-            [
-                {
-                    "delivery_id": notice.delivery_id,
-                    "message_id": message_id,
-                    "uri": notice.uri,
-                    "quarantined_uri": str(target) if target is not None else None,
-                    "reason": reason,
-                    "recorded_at": db.utcnow(),
-                }
-            ],
-        )
+        db.insert_ignore(conn, db.etl_quarantine, [row])
     if target is not None:
-        source.unlink()  # only once the record is durable: a crash before this re-quarantines the same file
+        remove()  # only once the record is durable: a crash before this re-quarantines the same file
     return str(target) if target is not None else None
 
 
-def process_delivery(
-    envelope: Envelope, engine: Engine, resolve: Callable[[str], StoragePath], quarantine_root: StoragePath
-) -> DeliveryOutcome:
-    """Handle one "data ready" message end to end. Idempotent: safe to run again for the same message."""
-    mid = envelope.message_id
+def _dead_letter(engine: Engine, envelope: Envelope, reason: str, delivery_id: str | None = None) -> DeliveryOutcome:
+    log.error("Dead-lettering message %s: %s", envelope.message_id, reason)
+    with engine.begin() as conn:
+        db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, reason)])
+    return DeliveryOutcome(envelope.message_id, "dead_letter", delivery_id, reason=reason)
+
+
+def _decode(envelope: Envelope) -> DeliveryNotice:
+    """The notice, or ``PoisonMessage`` for anything its content makes fail (bad time zone included)."""
     try:
         notice = decode(envelope, DeliveryNotice)
-    except PoisonMessage as exc:
-        log.error("Dead-lettering %s", exc)
-        with engine.begin() as conn:
-            db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, exc.reason)])
-        return DeliveryOutcome(mid, "dead_letter", reason=exc.reason)
+        notice.delivered_at.astimezone(timezone.utc)  # must be storable as UTC
+        return notice
+    except PoisonMessage:
+        raise
+    except CONTENT_ERRORS as exc:
+        raise PoisonMessage(envelope.message_id, f"{type(exc).__name__}: {safe_text(str(exc), 200)}") from None
 
-    other = loaded_with_other_content(engine, notice)
-    if other is not None:
-        reason = f"duplicate delivery_id {notice.delivery_id}: already loaded from different content (sha256 {other})"
-        log.error("Dead-lettering message %s: %s", mid, reason)
-        with engine.begin() as conn:
-            db.record_dead_letters(conn, PIPELINE, [dead_letter_row(envelope, reason)])
-        return DeliveryOutcome(mid, "dead_letter", notice.delivery_id, reason=reason)
 
-    if already_loaded(engine, notice.sha256):
-        log.info("message %s: %s (sha256 %s) was loaded before; nothing to do", mid, notice.uri, notice.sha256)
-        return DeliveryOutcome(mid, "duplicate", notice.delivery_id)
+def process_delivery(
+    envelope: Envelope,
+    engine: Engine,
+    resolve: Callable[[str], Any],
+    quarantine_root: StoragePath,
+    *,
+    landing_roots: Sequence[str] = config.ETL_LANDING_ROOTS,
+    max_file_bytes: int = config.ETL_MAX_FILE_BYTES,
+) -> DeliveryOutcome:
+    """Handle one "data ready" message end to end. Idempotent: safe to run again for the same message.
 
-    source = resolve(notice.uri)
+    ``resolve`` turns a remote URI into a path (``ObjectStoragePath``); ``file://`` files are read directly. Only
+    database and storage faults raise; whatever the message or its file contain ends in an outcome.
+    """
+    mid = envelope.message_id
     try:
-        if not source.exists():
-            raise InvalidFile(f"file {notice.uri} does not exist")
-        records = parse_orders(source.read_bytes(), notice)
-    except InvalidFile as exc:
-        reason = str(exc)
-        where = quarantine(engine, notice, mid, source, quarantine_root, reason)
-        log.error("message %s: quarantined delivery %s to %s: %s", mid, notice.delivery_id, where, reason)
-        return DeliveryOutcome(mid, "quarantined", notice.delivery_id, reason=reason)
+        notice = _decode(envelope)
+    except PoisonMessage as exc:
+        return _dead_letter(engine, envelope, exc.reason)
+    did = notice.delivery_id
 
-    if not load_records(engine, notice, mid, records):
-        return DeliveryOutcome(mid, "duplicate", notice.delivery_id)
+    try:
+        located = landing.locate(notice.uri, landing_roots)
+    except landing.Refused as exc:
+        return _dead_letter(engine, envelope, f"message {mid}: {exc}", did)
+
+    verdict, other = check_ledger(engine, notice)
+    if verdict == "conflict":
+        return _dead_letter(engine, envelope, _conflict_reason(notice, other), did)
+    if verdict == "duplicate":
+        log.info("message %s: %s (sha256 %s) was loaded before; nothing to do", mid, notice.uri, notice.sha256)
+        return DeliveryOutcome(mid, "duplicate", did, reason=_duplicate_reason(notice))
+
+    try:
+        path = None if located.local_path is not None else resolve(located.uri)
+    except CONTENT_ERRORS as exc:
+        return _dead_letter(engine, envelope, f"message {mid}: uri {safe_text(notice.uri)} cannot be opened: {exc}", did)
+    data: bytes | None = None
+    try:
+        if path is None:
+            data = landing.read_local(located, max_file_bytes)
+        else:
+            data = landing.read_remote(located, path, max_file_bytes)
+        records = parse_orders(data, notice)
+    except landing.Refused as exc:
+        return _dead_letter(engine, envelope, f"message {mid}: {exc}", did)
+    except (landing.Missing, InvalidFile) as exc:
+        reason = str(exc)
+
+        def remove() -> None:
+            if path is None:
+                assert located.local_path is not None
+                _remove_local(located.local_path)
+            else:
+                path.unlink()
+
+        where = quarantine(engine, notice, mid, located, data, remove, quarantine_root, reason)
+        log.error("message %s: quarantined delivery %s to %s: %s", mid, did, where, reason)
+        return DeliveryOutcome(mid, "quarantined", did, reason=reason)
+
+    verdict, other = load_records(engine, notice, envelope, records)
+    if verdict == "conflict":
+        log.error("Dead-lettering message %s: %s", mid, _conflict_reason(notice, other))
+        return DeliveryOutcome(mid, "dead_letter", did, reason=_conflict_reason(notice, other))
+    if verdict == "duplicate":
+        return DeliveryOutcome(mid, "duplicate", did, reason=_duplicate_reason(notice))
     maybe_fail("etl.after_load")
     log.info("message %s: loaded %d rows from %s", mid, len(records), notice.uri)
-    return DeliveryOutcome(mid, "loaded", notice.delivery_id, rows=len(records))
+    return DeliveryOutcome(mid, "loaded", did, rows=len(records))
+
+
+def _remove_local(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass  # already gone (a concurrent quarantine of the same file)
+
+
+def process_batch(
+    envelopes: Sequence[Envelope],
+    engine: Engine,
+    resolve: Callable[[str], Any],
+    quarantine_root: StoragePath,
+    **limits: Any,
+) -> list[DeliveryOutcome]:
+    """Each message of a mapped task's batch in turn: every one ends in an outcome; only a system fault raises."""
+    return [process_delivery(e, engine, resolve, quarantine_root, **limits) for e in envelopes]
 
 
 def render_csv(records: list[dict[str, str]]) -> bytes:
