@@ -20,8 +20,8 @@ policy sends a message that keeps failing to `data-deliveries-dlq`.
 Example message (schema: `include/event_pipelines/etl/schemas.py:DeliveryNotice`):
 
 ```json
-{"delivery_id": "orders-0001", "uri": "file:///tmp/landing/orders-0001.csv", "sha256": "<64 hex>",
- "row_count": 3, "producer": "shop-export", "delivered_at": "2026-11-24T08:00:00Z"}
+{"delivery_id": "orders-0001", "uri": "file:///usr/local/airflow/include/data/landing/orders-0001.csv",
+ "sha256": "<64 hex>", "row_count": 3, "producer": "shop-export", "delivered_at": "2026-11-24T08:00:00Z"}
 ```
 """
 

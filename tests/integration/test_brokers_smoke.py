@@ -23,7 +23,7 @@ from devstack import brokers
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MAX_RECEIVE_COUNT = 2  # in the test's ElasticMQ conf; devstack/elasticmq.conf itself says 5
+MAX_RECEIVE_COUNT = 2  # in the test's ElasticMQ conf; devstack/elasticmq.conf itself says 10
 CACHE_DIR = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache"))
 
 

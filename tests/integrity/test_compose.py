@@ -1,7 +1,7 @@
 """File-level checks of the local event sources (no Docker engine needed).
 
-* ``docker-compose.override.yml`` merged onto Astro's base compose file (written out at
-  ``/work/shared/astro-compose-base.yml``) must validate with ``docker-compose config`` and wire
+* ``docker-compose.override.yml`` merged onto Astro's base compose file (written out in
+  ``devstack/astro-compose-base.yml``) must validate with ``docker-compose config`` and wire
   kafka / kafka-init / sqs onto Astro's ``airflow`` network ahead of the Airflow services.
 * ``devstack/elasticmq.conf`` must create every queue the DAGs use, with DLQs on the work queues.
 * ``kafka-init`` must create every topic the DAGs use (broker auto-creation is off).
@@ -21,7 +21,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = REPO_ROOT / "docker-compose.override.yml"
 ELASTICMQ_CONF = REPO_ROOT / "devstack" / "elasticmq.conf"
-ASTRO_BASE = Path(__file__).resolve().parents[3] / "shared" / "astro-compose-base.yml"
+ASTRO_BASE = REPO_ROOT / "devstack" / "astro-compose-base.yml"
 
 AIRFLOW_SERVICES = ("scheduler", "triggerer", "dag-processor", "api-server")
 EVENT_SERVICES = ("kafka", "kafka-init", "sqs")
@@ -42,8 +42,7 @@ def merged() -> dict:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must validate the compose override", pytrace=False)
         pytest.skip(reason)
-    if not ASTRO_BASE.is_file():
-        pytest.skip(f"Astro base compose file not found at {ASTRO_BASE}")
+    assert ASTRO_BASE.is_file(), f"Astro base compose file missing: {ASTRO_BASE}"
     result = subprocess.run(
         [binary, "--project-directory", ".", "-f", str(ASTRO_BASE), "-f", OVERRIDE.name, "config"],
         cwd=REPO_ROOT,
