@@ -328,8 +328,8 @@ def test_quarantine_folder_names_are_one_safe_component_and_distinct() -> None:
 @pytest.mark.parametrize(
     ("ordered_at", "contains"),
     [
-        ("0001-01-01T00:00:00+01:00", "line 2: OverflowError"),
-        ("9999-12-31T23:59:59-01:00", "line 2: OverflowError"),
+        ("0001-01-01T00:00:00+01:00", "line 2: ordered_at: Value error, 0001-01-01T00:00:00+01:00 is outside the range of representable UTC times"),
+        ("9999-12-31T23:59:59-01:00", "line 2: ordered_at: Value error, 9999-12-31T23:59:59-01:00 is outside the range of representable UTC times"),
         ("99999-01-01T00:00:00Z", "line 2: ordered_at"),
         ("2026-11-24T08:00:00", "line 2: ordered_at: Input should have timezone info"),
     ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -50,6 +50,14 @@ class OrderRow(BaseModel):
     amount: Annotated[Decimal, Field(ge=0, max_digits=14, decimal_places=2)]
     currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")]
     ordered_at: AwareDatetime
+
+    @field_validator("ordered_at")
+    @classmethod
+    def _representable_in_utc(cls, value: datetime) -> datetime:
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError(f"{value.isoformat()} is outside the range of representable UTC times") from None
 
     def to_record(self, delivery_id: str, sha256: str) -> dict[str, object]:
         """The row as loaded: integer cents, upper-case ISO currency, UTC timestamp, lineage columns."""
