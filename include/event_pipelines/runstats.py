@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine
 
 from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
+from include.event_pipelines.messages import CONTENT_ERRORS, Envelope
 
 
 def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:
@@ -30,14 +30,17 @@ def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:
     try:
         value = json.loads(envelope.body).get(body_field)
         stamp = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except (ValueError, AttributeError):
+    except (*CONTENT_ERRORS, AttributeError):  # a hostile body has no usable timestamp; it is dead-lettered later
         return None
     return stamp if stamp is not None and stamp.tzinfo is not None else None
 
 
 def summarize(run_start: datetime, envelopes: Sequence[Envelope], body_field: str | None) -> dict[str, float | int | None]:
+    # A producer timestamp after the run started says nothing about the wait (a skewed or hostile clock): left out.
     waits = sorted(
-        (run_start - t).total_seconds() for t in (produced_at(e, body_field) for e in envelopes) if t is not None
+        (run_start - t).total_seconds()
+        for t in (produced_at(e, body_field) for e in envelopes)
+        if t is not None and t <= run_start
     )
     return {
         "messages": len(envelopes),

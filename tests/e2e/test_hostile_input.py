@@ -142,7 +142,7 @@ def test_hostile_readings_are_dead_lettered_and_offsets_stored_as_utc(stack: Sta
         OutMessage("r-nan", b'{"device_id": "hr-nan", "sensor": "temperature", "value": NaN, "unit": "C", "ts": "'
                    + now.isoformat().encode() + b'"}', _dead("value")),
         OutMessage("r-deep", b"[" * 100_000 + b"]" * 100_000, _dead("nested too deeply")),
-        OutMessage("r-surrogate", reading("hr-\udc80", now.isoformat()).replace(b"\\udc80", b"\\ud800"), _dead("device_id")),
+        OutMessage("r-surrogate", reading("hr-\udc80", now.isoformat()).replace(b"\\udc80", b"\\ud800"), _dead("Invalid JSON")),
         OutMessage("r-oversize", json.dumps({"pad": "x" * 300_000}).encode(), _dead("byte limit")),
         OutMessage("r-bad-utf8", b"\xff\xfe\xfd", _dead("not valid UTF-8")),
         OutMessage("r-types", json.dumps({"device_id": ["x"], "sensor": 3, "value": "hot"}).encode(), _dead("does not match")),

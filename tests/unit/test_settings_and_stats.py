@@ -34,9 +34,11 @@ def test_run_stats_use_the_producer_timestamp() -> None:
         Envelope(source="sqs", message_id="a", body=json.dumps({"submitted_at": "2026-11-24T08:00:09Z"})),
         Envelope(source="sqs", message_id="b", body=json.dumps({"submitted_at": "2026-11-24T08:00:00Z"})),
         Envelope(source="sqs", message_id="c", body="not json"),
+        Envelope(source="sqs", message_id="d", body="[" * 100_000),  # RecursionError in json.loads
+        Envelope(source="sqs", message_id="e", body='{"submitted_at": "9999-12-31T23:59:59-01:00"}'),
         Envelope(source="manual", message_id="m", body=json.dumps({"submitted_at": "2026-11-23T00:00:00Z"})),
     ]
-    assert summarize(start, envs, "submitted_at") == {"messages": 5, "wait_p50_s": 4.0, "wait_max_s": 10.0}
+    assert summarize(start, envs, "submitted_at") == {"messages": 7, "wait_p50_s": 4.0, "wait_max_s": 10.0}
     assert summarize(start, [], "submitted_at") == {"messages": 0, "wait_p50_s": None, "wait_max_s": None}
 
 
