@@ -40,7 +40,7 @@ test-unit: venv
 
 ## model: retrain the packaged failure classifier (deterministic; writes include/models/failure_classifier/v1)
 model: venv
-	$(PYTHON) -m include.event_pipelines.inference.train --version v1
+	$(PYTHON) -m include.inference_execution.train --version v1
 
 ## up: real Kafka + ElasticMQ + Airflow (scheduler, dag-processor, triggerer, api-server), DAGs unpaused; stays up
 up: venv

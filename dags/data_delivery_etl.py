@@ -17,7 +17,7 @@ seconds and deletes each by receipt handle only after its load/quarantine is com
 to `data-deliveries-dlq` with its reason). A run that dies leaves its messages to reappear; the queue's redrive
 policy sends a message that keeps failing to `data-deliveries-dlq`.
 
-Example message (schema: `include/event_pipelines/etl/schemas.py:DeliveryNotice`):
+Example message (schema: `include/data_delivery_etl/schemas.py:DeliveryNotice`):
 
 ```json
 {"delivery_id": "orders-0001", "uri": "file:///usr/local/airflow/include/data/landing/orders-0001.csv",
@@ -33,11 +33,12 @@ from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from pendulum import datetime, duration
 
+from include.data_delivery_etl import hooks, settings
+from include.data_delivery_etl import pipeline as etl
 from include.event_pipelines import airflow_io, config, watchers
-from include.event_pipelines.etl import pipeline as etl
 
-QUEUE_URL = config.sqs_queue_url(config.DELIVERY_QUEUE)
-DLQ_URL = config.sqs_queue_url(config.DELIVERY_DLQ)
+QUEUE_URL = config.sqs_queue_url(settings.DELIVERY_QUEUE)
+DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)
 
 # Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
 # WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
@@ -65,7 +66,7 @@ def data_delivery_etl() -> None:
     def collect_messages(**context: Any) -> list[list[dict[str, Any]]]:
         """Every "data ready" message of this run (all coalesced asset events), in batches of `ETL_BATCH_SIZE`."""
         messages = airflow_io.run_messages(context, deliveries, source, produced_at_field="delivered_at")
-        return airflow_io.map_batches(messages, config.ETL_BATCH_SIZE)
+        return airflow_io.map_batches(messages, settings.ETL_BATCH_SIZE)
 
     @task(map_index_template="{{ batch_label }}")
     def load_deliveries(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -75,7 +76,8 @@ def data_delivery_etl() -> None:
         label = f"{envelopes[0].message_id} +{len(envelopes) - 1}"
         get_current_context()["batch_label"] = label  # type: ignore[typeddict-unknown-key]
         outcomes = etl.process_batch(
-            envelopes, airflow_io.engine(), airflow_io.storage_path, airflow_io.storage_path(config.QUARANTINE_URI)
+            envelopes, airflow_io.engine(), hooks.storage_path, hooks.storage_path(settings.QUARANTINE_URI),
+            after_effect=airflow_io.fault_point,
         )
         source.settle(envelopes, [d for o in outcomes for d in o.dead_letters()])
         return [o.as_dict() for o in outcomes]

@@ -3,7 +3,7 @@
 
 Prediction requests arrive on the `inference-requests` queue. Each run loads the model **once per task** and
 answers every request of its batch in one call: the packaged scikit-learn failure classifier
-(`include/models/failure_classifier/v1`, trained by `include/event_pipelines/inference/train.py` on generated
+(`include/models/failure_classifier/v1`, trained by `include/inference_execution/train.py` on generated
 data), or a remote endpoint named by the `inference_endpoint` connection when `INFERENCE_BACKEND=http`.
 Predictions go to `inference_predictions` (keyed on `request_id`), then one reply per request is sent to
 `inference-replies` with the request id as `correlation_id`, then the requests are deleted.
@@ -12,7 +12,7 @@ SQS because requests are independent jobs: per-message acknowledgement, a visibi
 and a redrive policy to `inference-requests-dlq` are exactly a work queue's needs, and no ordering is required.
 `max_active_runs=4`: runs overlap, each with its own messages.
 
-Example request (schema: `include/event_pipelines/inference/schemas.py:InferenceRequest`):
+Example request (schema: `include/inference_execution/schemas.py:InferenceRequest`):
 
 ```json
 {"request_id": "req-000123", "submitted_at": "2026-11-24T08:00:00Z",
@@ -28,10 +28,11 @@ from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
 from include.event_pipelines import airflow_io, config, watchers
-from include.event_pipelines.inference.pipeline import answer_requests
+from include.inference_execution import hooks, settings
+from include.inference_execution.pipeline import answer_requests
 
-REQUEST_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REQUEST_QUEUE)
-REPLY_QUEUE_URL = config.sqs_queue_url(config.INFERENCE_REPLY_QUEUE)
+REQUEST_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REQUEST_QUEUE)
+REPLY_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REPLY_QUEUE)
 
 # Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
 # WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
@@ -40,7 +41,7 @@ request_trigger = watchers.sqs_watcher_trigger(REQUEST_QUEUE_URL)
 inference_requests = Asset(
     "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]
 )
-source = airflow_io.SqsSource(REQUEST_QUEUE_URL, config.sqs_queue_url(config.INFERENCE_REQUEST_DLQ))
+source = airflow_io.SqsSource(REQUEST_QUEUE_URL, config.sqs_queue_url(settings.INFERENCE_REQUEST_DLQ))
 
 
 @dag(
@@ -58,14 +59,15 @@ def inference_execution() -> None:
     def collect_requests(**context: Any) -> list[list[dict[str, Any]]]:
         """Every request of this run, in batches of at most `INFERENCE_BATCH_SIZE` (one mapped task each)."""
         messages = airflow_io.run_messages(context, inference_requests, source, produced_at_field="submitted_at")
-        return airflow_io.map_batches(messages, config.INFERENCE_BATCH_SIZE)
+        return airflow_io.map_batches(messages, settings.INFERENCE_BATCH_SIZE)
 
     @task
     def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
         """Load the model once, answer every request, store, reply, then delete the requests."""
         envelopes = airflow_io.to_envelopes(batch)
         outcome = answer_requests(
-            envelopes, airflow_io.engine(), airflow_io.predictor(), airflow_io.sqs_reply_sender(REPLY_QUEUE_URL)
+            envelopes, airflow_io.engine(), hooks.predictor(), hooks.sqs_reply_sender(REPLY_QUEUE_URL),
+            after_effect=airflow_io.fault_point,
         )
         source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()

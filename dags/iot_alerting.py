@@ -10,7 +10,7 @@ headers `reason` and `source_message_id`) and to the `dead_letters` table. Offse
 
 `max_active_runs=1`: device state is applied in order, one run at a time.
 
-Example reading (schema: `include/event_pipelines/iot/schemas.py:SensorReading`; rules: `iot/rules.py`):
+Example reading (schema: `include/iot_alerting/schemas.py:SensorReading`; rules: `iot_alerting/rules.py`):
 
 ```json
 {"device_id": "pump-0042", "sensor": "temperature", "value": 81.5, "unit": "C", "ts": "2026-11-24T08:00:00Z"}
@@ -26,8 +26,10 @@ from typing import Any
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config, watchers
-from include.event_pipelines.iot.pipeline import process_readings
+from include.event_pipelines import airflow_io, watchers
+from include.iot_alerting import hooks
+from include.iot_alerting import settings as config  # this pipeline's settings (topics); the watcher line reads it
+from include.iot_alerting.pipeline import process_readings
 
 # Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
 # WATCHER_TRIGGERS=stock. The stock Kafka trigger (AwaitMessageTrigger) commits the offset before the event is
@@ -58,8 +60,8 @@ def iot_alerting() -> None:
     def evaluate_and_alert(messages: list[dict[str, Any]]) -> dict[str, Any]:
         """Apply the rules, publish state changes, persist state and readings; then dead letters and offsets."""
         envelopes = airflow_io.to_envelopes(messages)
-        publish = airflow_io.kafka_publisher(config.IOT_ALERTS_TOPIC)
-        outcome = process_readings(envelopes, airflow_io.engine(), publish)
+        publish = hooks.kafka_publisher(config.IOT_ALERTS_TOPIC)
+        outcome = process_readings(envelopes, airflow_io.engine(), publish, after_effect=airflow_io.fault_point)
         source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()
 

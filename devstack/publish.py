@@ -41,12 +41,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from include.event_pipelines.etl.pipeline import render_csv
-from include.event_pipelines.etl.schemas import CSV_HEADER, DeliveryNotice
-from include.event_pipelines.inference.schemas import InferenceRequest, MachineFeatures
-from include.event_pipelines.iot.rules import RULES, DeviceState, evaluate
-from include.event_pipelines.iot.schemas import SensorReading
+from include.data_delivery_etl.pipeline import render_csv
+from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice
 from include.event_pipelines.messages import MAX_BODY_BYTES
+from include.inference_execution.schemas import InferenceRequest, MachineFeatures
+from include.iot_alerting.rules import RULES, DeviceState, evaluate
+from include.iot_alerting.schemas import SensorReading
 
 Pipeline = Literal["etl", "iot", "inference"]
 Broker = Literal["sqs", "kafka"]

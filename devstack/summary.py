@@ -22,8 +22,11 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, select, text
 
+from include.data_delivery_etl import tables as etl_tables
 from include.event_pipelines import db
 from include.event_pipelines.messages import envelopes_from_asset_events
+from include.inference_execution import tables as inference_tables
+from include.iot_alerting import tables as iot_tables
 
 DAG_OF = {"etl": "data_delivery_etl", "iot": "iot_alerting", "inference": "inference_execution"}
 
@@ -131,7 +134,7 @@ def _dead_letters(events: Engine, pipeline: str) -> dict[str, str]:
 
 
 def _quarantine(events: Engine) -> dict[str, str]:
-    t = db.etl_quarantine
+    t = etl_tables.etl_quarantine
     with events.connect() as conn:
         return dict(conn.execute(select(t.c.delivery_id, t.c.reason)).all())
 
@@ -284,14 +287,14 @@ def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply
             if want is not None and want not in quarantined.get(r["id"], ""):
                 rep.missing.append(f"quarantine of {r['id']} with reason containing {want!r}")
         order_ids = [o for r in good for o in r["expect"]["orders"]]
-        found = _present(events, db.orders.c.order_id, order_ids)
+        found = _present(events, etl_tables.orders.c.order_id, order_ids)
         rep.rows = len(found)
         rep.outputs["quarantined"] = sum(1 for r in recs if r["id"] in quarantined)
         if len(found) < len(order_ids):
             rep.missing.append(f"{len(order_ids) - len(found)} of {len(order_ids)} orders not loaded")
     elif pipeline == "iot":
         ids = [r["message_id"] for r in good]
-        found = _present(events, db.iot_readings.c.message_id, ids)
+        found = _present(events, iot_tables.iot_readings.c.message_id, ids)
         rep.rows = len(found)
         if len(found) < len(ids):
             rep.missing.append(f"{len(ids) - len(found)} of {len(ids)} readings not stored")
@@ -306,7 +309,7 @@ def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply
             rep.missing.append(f"alerts {dict(got)} != expected {dict(expected)}")
     elif pipeline == "inference":
         wanted = {r["expect"]["request_id"] for r in good}
-        found = _present(events, db.predictions.c.request_id, sorted(wanted))
+        found = _present(events, inference_tables.predictions.c.request_id, sorted(wanted))
         rep.rows = len(found)
         read_replies(sqs, reply_queue_url, wanted, replies)
         rep.outputs["replies"] = len(wanted & set(replies))

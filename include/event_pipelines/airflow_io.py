@@ -1,6 +1,8 @@
-"""The only module that talks to Airflow: hooks, connections and the task context, for the three DAGs.
+"""What every pipeline's DAG needs from Airflow: the events database, the run's messages, their acknowledgement.
 
-Imports of providers happen inside the functions, so parsing a DAG file stays fast.
+``run_messages`` / ``on_failure`` take and give back a run's messages through an ``SqsSource`` or ``KafkaSource``;
+each pipeline's own hooks (storage, producers, model backends) are in its folder. Providers are imported inside
+the functions, so parsing a DAG file stays fast.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from include.event_pipelines import config, db, runstats
+from include.event_pipelines import config, db, faults, runstats
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
 
 log = logging.getLogger(__name__)
+
+# What a task passes as a pipeline's ``after_effect`` hook: a no-op unless the fault suite set EVENTS_FAULTS_DIR.
+fault_point: Callable[[str], None] = faults.maybe_fail
 
 
 # --- database -----------------------------------------------------------------------------------------------------
@@ -220,54 +225,7 @@ def send_sqs_messages(queue_url: str, bodies: Sequence[tuple[str, str, Mapping[s
             raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s) to {queue_url}: {response['Failed']}")
 
 
-def sqs_reply_sender(queue_url: str) -> Callable[[Sequence[Any]], None]:
-    """Send inference replies, each with its ``correlation_id`` as a message attribute."""
-
-    def send(replies: Sequence[Any]) -> None:
-        send_sqs_messages(
-            queue_url,
-            [(r.correlation_id, r.model_dump_json(), {"correlation_id": r.correlation_id}) for r in replies],
-        )
-
-    return send
-
-
 # --- Kafka ---------------------------------------------------------------------------------------------------------
-def kafka_publisher(topic: str) -> Callable[[Sequence[Any]], None]:
-    """A function that produces pydantic events (key: ``device_id``, header ``dedup_key``) and waits for acks.
-
-    The producer is created on first use, so a run whose readings trip nothing never connects.
-    """
-
-    @cache
-    def producer() -> Any:
-        from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
-
-        return KafkaProducerHook(kafka_config_id=config.KAFKA_CONN_ID).get_producer()
-
-    def publish(events: Sequence[Any]) -> None:
-        errors: list[str] = []
-
-        def on_delivery(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(f"{msg.key()!r}: {err}")
-
-        for ev in events:
-            producer().produce(
-                topic,
-                key=ev.device_id.encode(),
-                value=ev.model_dump_json().encode(),
-                headers={"dedup_key": ev.dedup_key.encode()},
-                on_delivery=on_delivery,
-            )
-            producer().poll(0)
-        remaining = producer().flush(30)
-        if remaining or errors:
-            raise RuntimeError(f"{remaining} alert(s) unacknowledged, {len(errors)} failed: {errors[:3]}")
-
-    return publish
-
-
 def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
     """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
     ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
@@ -314,28 +272,3 @@ def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int],
         )
     finally:
         consumer.close()
-
-
-# --- inference backends --------------------------------------------------------------------------------------------
-def predictor(backend: str = config.INFERENCE_BACKEND) -> Any:
-    from include.event_pipelines.inference.model import HttpEndpointPredictor, LocalModelPredictor
-
-    if backend == "local":
-        return LocalModelPredictor.load()
-    if backend == "http":
-        from airflow.providers.http.hooks.http import HttpHook
-
-        hook = HttpHook(method="POST", http_conn_id=config.INFERENCE_HTTP_CONN_ID)
-
-        def post_json(body: dict[str, Any]) -> dict[str, Any]:
-            response = hook.run("predict", json=body, extra_options={"timeout": 60})
-            return response.json()
-
-        return HttpEndpointPredictor(post_json=post_json)
-    raise ValueError(f"INFERENCE_BACKEND must be 'local' or 'http', not {backend!r}")
-
-
-def storage_path(uri: str) -> Any:
-    from airflow.sdk import ObjectStoragePath
-
-    return ObjectStoragePath(uri)

@@ -1,8 +1,8 @@
-"""Env-driven constants shared by the DAGs, the native runner and the tests.
+"""Env-driven settings shared by every pipeline: connections, the SQS queue URL prefix, watchers, redelivery, bounds.
 
-Defaults are right for ``astro dev start`` with ``docker-compose.override.yml`` (services ``kafka`` and ``sqs``
-on Astro's network). The native runner (``devstack``) exports the same variables with ``localhost`` endpoints;
-for real AWS / a managed Kafka, set them in ``.env`` (see ``.env_example``).
+Each pipeline's own settings (queues, topics, limits) are in its folder's ``settings.py``. Defaults are right for
+``astro dev start`` with ``docker-compose.override.yml``; the native runner (``devstack``) exports ``localhost``
+endpoints; for real AWS / a managed Kafka, set them in ``.env`` (see ``.env_example``).
 """
 
 from __future__ import annotations
@@ -12,24 +12,9 @@ import os
 AWS_CONN_ID: str = os.getenv("EVENTS_AWS_CONN_ID", "aws_default")
 KAFKA_CONN_ID: str = os.getenv("EVENTS_KAFKA_CONN_ID", "kafka_default")
 DB_CONN_ID: str = os.getenv("EVENTS_DB_CONN_ID", "events_db")
-INFERENCE_HTTP_CONN_ID: str = os.getenv("INFERENCE_HTTP_CONN_ID", "inference_endpoint")
 
 # Everything before the queue name in a queue URL: ElasticMQ locally, https://sqs.<region>.amazonaws.com/<acct> on AWS.
 SQS_QUEUE_URL_PREFIX: str = os.getenv("SQS_QUEUE_URL_PREFIX", "http://sqs:9324/000000000000").rstrip("/")
-
-DELIVERY_QUEUE: str = os.getenv("DELIVERY_QUEUE", "data-deliveries")
-INFERENCE_REQUEST_QUEUE: str = os.getenv("INFERENCE_REQUEST_QUEUE", "inference-requests")
-INFERENCE_REPLY_QUEUE: str = os.getenv("INFERENCE_REPLY_QUEUE", "inference-replies")
-
-IOT_READINGS_TOPIC: str = os.getenv("IOT_READINGS_TOPIC", "iot-readings")
-IOT_ALERTS_TOPIC: str = os.getenv("IOT_ALERTS_TOPIC", "iot-alerts")
-
-# Where bad delivered files are moved with a reason file (any ObjectStoragePath URI: file://, s3://, ...).
-QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", "file:///usr/local/airflow/include/data/quarantine")
-
-# "local" answers with the packaged scikit-learn model; "http" posts to the endpoint of INFERENCE_HTTP_CONN_ID.
-INFERENCE_BACKEND: str = os.getenv("INFERENCE_BACKEND", "local")
-INFERENCE_BATCH_SIZE: int = int(os.getenv("INFERENCE_BATCH_SIZE", "1000"))
 
 # SQS watcher: long poll instead of the provider's 60 s sleep; receive without deleting and keep messages
 # invisible long enough for the run to finish; the run's last step deletes them by receipt handle.
@@ -58,10 +43,6 @@ EVENT_LINGER_SECONDS: float = float(os.getenv("EVENT_LINGER_SECONDS", "0.25"))
 # was handed to the triggerer, the trigger extends it to SQS_VISIBILITY_TIMEOUT, the run's budget.
 SQS_RECEIVE_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_RECEIVE_VISIBILITY_TIMEOUT", "20"))
 
-IOT_DLQ_TOPIC: str = os.getenv("IOT_DLQ_TOPIC", "iot-readings-dlq")
-DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
-INFERENCE_REQUEST_DLQ: str = os.getenv("INFERENCE_REQUEST_DLQ", "inference-requests-dlq")
-
 # --- runs that fail for good (README "Delivery guarantees") ---
 # A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
 # its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
@@ -76,17 +57,3 @@ KAFKA_REDELIVERY_SECONDS: float = float(os.getenv("KAFKA_REDELIVERY_SECONDS", "1
 # --- bounds on what one message and one asset event may carry ---
 MAX_MESSAGE_BYTES: int = int(os.getenv("MAX_MESSAGE_BYTES", str(256 * 1024)))  # larger: dead-lettered
 MAX_EVENT_BYTES: int = int(os.getenv("MAX_EVENT_BYTES", str(1024 * 1024)))  # message bodies per asset event
-
-# --- data-delivery ETL: where delivered files may be read from (README "Confinement") ---
-# Comma-separated roots; a delivery whose URI (resolved, symlinks included, for file://) is not under one of them
-# is dead-lettered and its file never touched. Add s3://bucket/prefix roots for S3 (needs s3fs installed).
-ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
-    r.strip() for r in os.getenv("ETL_LANDING_ROOTS", "file:///usr/local/airflow/include/data/landing").split(",")
-    if r.strip()
-)
-ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
-ETL_BATCH_SIZE: int = int(os.getenv("ETL_BATCH_SIZE", "50"))  # deliveries per mapped task
-
-# --- IoT: readings this far from the time they are processed are dead-lettered ---
-IOT_MAX_READING_AGE_SECONDS: float = float(os.getenv("IOT_MAX_READING_AGE_SECONDS", str(7 * 24 * 3600)))
-IOT_MAX_CLOCK_SKEW_SECONDS: float = float(os.getenv("IOT_MAX_CLOCK_SKEW_SECONDS", "300"))

@@ -1,8 +1,8 @@
-"""Tables and idempotent writes, portable between SQLite (the embedded default) and PostgreSQL.
+"""Shared tables and idempotent writes, portable between SQLite (the embedded default) and PostgreSQL.
 
-Every table a pipeline writes is keyed on the identity of what was received (SQS MessageId, Kafka
-topic/partition/offset, or a producer id), and every insert is ``ON CONFLICT DO NOTHING`` (or an explicit upsert),
-so a redelivered message, a retried task or a cleared run changes nothing.
+Every table is keyed on the identity of what was received and written with ``insert_ignore`` / ``upsert``, so a
+redelivery, a retry or a cleared run changes nothing. Each pipeline defines its own tables on ``metadata`` in its
+folder's ``tables.py``. README "Delivery guarantees".
 """
 
 from __future__ import annotations
@@ -11,21 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    event,
-)
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
@@ -43,11 +29,8 @@ def as_utc(value: datetime) -> datetime:
 
 
 class UtcDateTime(TypeDecorator[datetime]):
-    """A timestamp stored as UTC on every database and read back timezone-aware (UTC).
-
-    SQLite has no time zone type: SQLAlchemy drops the offset and keeps the wall time, so ``09:00+01:00`` would be
-    read back as ``09:00 UTC``. Values are converted to UTC before they are stored; a naive value is refused.
-    """
+    """A timestamp stored as UTC and read back timezone-aware (SQLite would keep only the wall time); naive values
+    are refused."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -100,93 +83,6 @@ message_failures = Table(
     Column("failed_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
-# --- data-delivery ETL -------------------------------------------------------------------------------------------
-orders = Table(
-    "orders",
-    metadata,
-    Column("order_id", String(64), primary_key=True),
-    Column("customer_id", String(64), nullable=False),
-    Column("amount_cents", BigInteger, nullable=False),
-    Column("currency", String(3), nullable=False),
-    Column("ordered_at", UtcDateTime(), nullable=False),
-    Column("delivery_id", String(128), nullable=False),
-    Column("source_sha256", String(64), nullable=False),
-    Column("delivered_at", UtcDateTime(), nullable=False),  # of the notice: a row is replaced only by a newer one
-)
-
-etl_deliveries = Table(  # ledger: one row per distinct file content and per delivery_id ever loaded
-    "etl_deliveries",
-    metadata,
-    Column("sha256", String(64), primary_key=True),
-    Column("delivery_id", String(128), nullable=False),
-    Column("uri", Text, nullable=False),
-    Column("rows_loaded", Integer, nullable=False),
-    Column("message_id", String(256), nullable=False),
-    Column("producer", String(128), nullable=False),
-    Column("loaded_at", UtcDateTime(), nullable=False, default=utcnow),
-    UniqueConstraint("delivery_id", name="uq_etl_deliveries_delivery_id"),  # a reused id never loads twice
-)
-
-etl_quarantine = Table(
-    "etl_quarantine",
-    metadata,
-    Column("delivery_id", String(128), primary_key=True),
-    Column("message_id", String(256), nullable=False),
-    Column("uri", Text, nullable=False),
-    Column("quarantined_uri", Text),
-    Column("reason", Text, nullable=False),
-    Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
-)
-
-# --- IoT alerting ------------------------------------------------------------------------------------------------
-iot_readings = Table(
-    "iot_readings",
-    metadata,
-    Column("message_id", String(256), primary_key=True),
-    Column("device_id", String(128), nullable=False),
-    Column("sensor", String(32), nullable=False),
-    Column("value", Float, nullable=False),
-    Column("unit", String(16), nullable=False),
-    Column("ts", UtcDateTime(), nullable=False),
-)
-
-iot_device_state = Table(
-    "iot_device_state",
-    metadata,
-    Column("device_id", String(128), primary_key=True),
-    Column("sensor", String(32), primary_key=True),
-    Column("alerting", Boolean, nullable=False),
-    Column("last_value", Float, nullable=False),
-    Column("last_ts", UtcDateTime(), nullable=False),
-    Column("changed_at", UtcDateTime(), nullable=False),
-)
-
-iot_alerts = Table(  # what was published, keyed on the dedup key the alert carries
-    "iot_alerts",
-    metadata,
-    Column("dedup_key", String(256), primary_key=True),
-    Column("device_id", String(128), nullable=False),
-    Column("sensor", String(32), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("value", Float, nullable=False),
-    Column("ts", UtcDateTime(), nullable=False),
-    Column("message_id", String(256), nullable=False),
-)
-
-# --- inference ---------------------------------------------------------------------------------------------------
-predictions = Table(
-    "inference_predictions",
-    metadata,
-    Column("request_id", String(128), primary_key=True),
-    Column("message_id", String(256), nullable=False),
-    Column("label", String(32), nullable=False),
-    Column("probability", Float, nullable=False),
-    Column("model_version", String(64), nullable=False),
-    Column("predicted_at", UtcDateTime(), nullable=False),
-    Column("submitted_at", UtcDateTime()),
-    Column("features_sha256", String(64)),  # a request_id reused with other features is refused
-)
-
 # --- Kafka: offset ranges settled by runs (include/event_pipelines/kafka_offsets.py) ------------------------------
 kafka_settled = Table(  # the group's committed offset moves through these, contiguously; pruned once below it
     "kafka_settled",
@@ -200,7 +96,8 @@ kafka_settled = Table(  # the group's committed offset moves through these, cont
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the project's tables if they are missing (idempotent; safe from concurrent tasks)."""
+    """Create the tables defined on ``metadata`` (the shared ones and those of every pipeline module imported) if they
+    are missing (idempotent; safe from concurrent tasks)."""
     metadata.create_all(engine, checkfirst=True)
 
 

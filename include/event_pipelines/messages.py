@@ -1,12 +1,8 @@
-"""One envelope for every message a pipeline receives, whatever the broker.
+"""One envelope for every message a pipeline receives, whatever the broker (README "Delivery guarantees").
 
-The watcher's trigger turns broker messages into asset-event payloads; the scheduler coalesces every event
-queued since the last run into one DAG run. ``envelopes_from_asset_events`` reads *all* of them (every event,
-every message of an SQS ``message_batch``), drops redeliveries of the same message, and keeps the newest SQS
-receipt handle (the only one SQS accepts for a delete).
-
-``decode`` turns an envelope into a pydantic model or raises ``PoisonMessage`` naming the message id and the
-reason, so that a bad message is dead-lettered instead of failing the run.
+``envelopes_from_asset_events`` reads every message of every coalesced asset event once (newest SQS receipt
+handle kept); ``decode`` parses a body into a pydantic model or raises ``PoisonMessage`` (the message is
+dead-lettered with its reason, the run goes on).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Runs that fail for good: their messages are delivered again, a bounded number of times, then dead-lettered.
+"""Runs that fail for good (README "Runs that fail for good"): their messages are delivered again, then dead-lettered.
 
-The run's failure callback records, per message of the run, that it was in a failed run and why
-(``message_failures``). When a message comes back (SQS: visible again; Kafka: the watcher re-reads from the
-committed offset), the run's first task checks it: once it has been in ``max_failed_runs`` failed runs it is
-dead-lettered with the last error instead of being processed. README "Delivery guarantees".
+The failure callback records each message of the run in ``message_failures``; when it comes back, the run's
+first task dead-letters it with the last error once it has been in ``max_failed_runs`` failed runs.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Re-queue asset events that no DAG run consumed (workaround for apache/airflow issue 56050).
+"""Re-queue asset events that no DAG run consumed (apache/airflow issue 56050; README "Delivery guarantees").
 
-Airflow queues an asset-triggered run with one ``asset_dag_run_queue`` row per (asset, DAG) that keeps the time
-of the *first* event queued since the last run; the scheduler consumes events up to that time and deletes the
-row. Events queued after the first one but before the run is created are consumed by nobody until another event
-arrives, so the tail of a burst waits in no DAG run for as long as the source stays quiet. (Measured here: the
-last 1-3 of 20 Kafka readings, and 62-65 of every 2,000-message burst.) The trigger path calls
-``AssetManager`` directly, so ``[core] asset_manager_class`` cannot change that.
-
-This listener runs in the scheduler, inside the scheduler's own transaction, whenever an asset-triggered run
-starts or finishes: if the DAG's assets have events newer than the newest asset-triggered run's window and no
-queue row, it adds the row, so the next run consumes them. An event is therefore processed at most one run
-later, never "when the next message comes". Registered by ``plugins/event_pipelines_plugin.py``.
+Events queued after a run's first event but before the run is created are consumed by nobody until another event
+arrives (measured: the last 1-3 of 20 Kafka readings, 62-65 of every 2,000-message burst). This scheduler listener (``plugins/event_pipelines_plugin.py``) runs whenever an asset-triggered run starts
+or finishes and, if the DAG's assets have events newer than its newest asset-triggered run and no queue row, adds
+the row: an event is processed at most one run later.
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@ from sqlalchemy import create_engine, select
 from devstack import publish
 from devstack.publish import OutMessage
 from devstack.testing import Stack
+from include.data_delivery_etl import tables as etl_tables
+from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
-from include.event_pipelines.etl.pipeline import render_csv
+from include.inference_execution import tables as inference_tables
+from include.iot_alerting import tables as iot_tables
 
 MAX_FILE = 1024 * 1024
 # A small file limit so that the "huge file" case needs only a few MiB on disk.
@@ -108,7 +111,7 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
     events = create_engine(stack.events_url)
     with events.connect() as conn:
         letters = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
-        dup_loaded = set(conn.execute(select(db.orders.c.order_id).where(db.orders.c.delivery_id == "h-dup")).scalars())
+        dup_loaded = set(conn.execute(select(etl_tables.orders.c.order_id).where(etl_tables.orders.c.delivery_id == "h-dup")).scalars())
     dup_letters = [letters[r["message_id"]] for r in dup if r["message_id"] in letters]
     assert len(dup_loaded) == 1 and len(dup_letters) == 1 and "duplicate delivery_id h-dup" in dup_letters[0]
     for r in sent:
@@ -158,8 +161,8 @@ def test_hostile_readings_are_dead_lettered_and_offsets_stored_as_utc(stack: Sta
     assert report.rows == 12 and report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(hostile)
     events = create_engine(stack.events_url)
     with events.connect() as conn:
-        stored = conn.execute(select(db.iot_readings.c.ts).where(
-            db.iot_readings.c.message_id == offset_reading[0]["message_id"])).scalar_one()
+        stored = conn.execute(select(iot_tables.iot_readings.c.ts).where(
+            iot_tables.iot_readings.c.message_id == offset_reading[0]["message_id"])).scalar_one()
     assert stored == datetime.fromisoformat(offset_ts) and stored.utcoffset() == timedelta(0)
     report_line(f"hostile iot: {len(hostile)} hostile kinds -> {report.outputs['in_dlq']} on iot-readings-dlq with"
                 " their reasons; 12/12 good readings stored; a +05:30 reading stored as the same instant in UTC")
@@ -196,7 +199,7 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
     events = create_engine(stack.events_url)
     with events.connect() as conn:
         letters = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
-        stored = conn.execute(select(db.predictions.c.message_id).where(db.predictions.c.request_id == "hq-reused")).all()
+        stored = conn.execute(select(inference_tables.predictions.c.message_id).where(inference_tables.predictions.c.request_id == "hq-reused")).all()
     pair_letters = [letters[r["message_id"]] for r in pair if r["message_id"] in letters]
     assert len(stored) == 1 and len(pair_letters) == 1 and "duplicate request_id hq-reused" in pair_letters[0]
     assert stored[0][0] != next(r["message_id"] for r in pair if r["message_id"] in letters)
@@ -227,6 +230,6 @@ def test_an_etl_run_carrying_more_than_1500_deliveries_succeeds(stack: Stack, re
     assert wait_for(state, timeout=600, interval=3) == "success"
     events = create_engine(stack.events_url)
     with events.connect() as conn:
-        loaded = conn.execute(select(db.orders.c.order_id).where(db.orders.c.order_id.like("o-big-%"))).all()
+        loaded = conn.execute(select(etl_tables.orders.c.order_id).where(etl_tables.orders.c.order_id.like("o-big-%"))).all()
     assert len(loaded) == 1600
     report_line(f"etl: one run with 1,600 deliveries succeeded, 1,600 orders loaded ({os.cpu_count()} cores)")

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from devstack import publish
 from devstack.testing import Stack
-from include.event_pipelines import db
+from include.data_delivery_etl import tables as etl_tables
 
 def test_airflow_runs_on_the_requested_metadata_database(stack: Stack, report_line) -> None:
     wanted = os.environ.get("DEVSTACK_DB", "sqlite")
@@ -38,8 +38,8 @@ def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: S
     assert report.ok, report.missing
     events = create_engine(stack.events_url)
     with events.connect() as conn:
-        loaded = set(conn.execute(select(db.orders.c.order_id).where(db.orders.c.order_id.like("o-e2eetl-%"))).scalars())
-        ledger = conn.execute(select(func.count()).select_from(db.etl_deliveries)).scalar_one()
+        loaded = set(conn.execute(select(etl_tables.orders.c.order_id).where(etl_tables.orders.c.order_id.like("o-e2eetl-%"))).scalars())
+        ledger = conn.execute(select(func.count()).select_from(etl_tables.etl_deliveries)).scalar_one()
     assert loaded == {o for r in good for o in r["expect"]["orders"]} and len(loaded) == 12
     assert ledger == 4
     assert report.outputs["quarantined"] == 2  # the missing file and the truncated file

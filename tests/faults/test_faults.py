@@ -22,8 +22,11 @@ from sqlalchemy import bindparam, create_engine, func, select, text
 from devstack import publish
 from devstack.summary import message_runs
 from devstack.testing import Stack, wait_for
+from include.data_delivery_etl import tables as etl_tables
+from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
-from include.event_pipelines.etl.pipeline import render_csv
+from include.inference_execution import tables as inference_tables
+from include.iot_alerting import tables as iot_tables
 
 # Shorter redelivery than the shipped defaults (MAX_FAILED_RUNS=3, KAFKA_REDELIVERY_SECONDS=120,
 # SQS_REDELIVERY_DELAY_SECONDS=30), so that runs failing for good go through their cycle in minutes.
@@ -167,8 +170,8 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
     events = create_engine(stack.events_url)
     with events.connect() as conn:
         if point.startswith("iot"):
-            alerts = conn.execute(select(func.count()).select_from(db.iot_alerts).where(
-                db.iot_alerts.c.device_id.like(f"dev-{run_id}-%"))).scalar_one()
+            alerts = conn.execute(select(func.count()).select_from(iot_tables.iot_alerts).where(
+                iot_tables.iot_alerts.c.device_id.like(f"dev-{run_id}-%"))).scalar_one()
             assert alerts == sum(publish.expected_alerts(records))
             # The failed attempt had published (and flushed) its run's alerts; the retry published them again with
             # the same dedup keys: exactly those are the duplicates on the topic, which consumers drop.
@@ -178,8 +181,8 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
         elif point.startswith("inference"):
             assert report.rows == 20 and report.outputs["reply_duplicates"] == 0
         else:
-            ledger = conn.execute(select(func.count()).select_from(db.etl_deliveries).where(
-                db.etl_deliveries.c.delivery_id.like(f"d-{run_id}-%"))).scalar_one()
+            ledger = conn.execute(select(func.count()).select_from(etl_tables.etl_deliveries).where(
+                etl_tables.etl_deliveries.c.delivery_id.like(f"d-{run_id}-%"))).scalar_one()
             assert ledger == 3 and report.rows == 12
 
 
@@ -192,7 +195,8 @@ def test_a_cleared_and_rerun_run_writes_nothing_twice(stack: Stack, report_line)
 
     def snapshot() -> list[tuple]:
         with events.connect() as conn:
-            return sorted(conn.execute(select(db.predictions).where(db.predictions.c.request_id.in_(ids))).all())
+            t = inference_tables.predictions
+            return sorted(conn.execute(select(t).where(t.c.request_id.in_(ids))).all())
 
     before = snapshot()
     airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
@@ -289,8 +293,8 @@ def _settled(stack: Stack, dag_id: str, message_ids: set[str]) -> set[str]:
     with events.connect() as conn:
         done = set()
         if dag_id == "iot_alerting":
-            done = set(conn.execute(select(db.iot_readings.c.message_id).where(
-                db.iot_readings.c.message_id.in_(ids))).scalars())
+            done = set(conn.execute(select(iot_tables.iot_readings.c.message_id).where(
+                iot_tables.iot_readings.c.message_id.in_(ids))).scalars())
         done |= set(conn.execute(select(db.dead_letters.c.message_id).where(
             db.dead_letters.c.pipeline == dag_id, db.dead_letters.c.message_id.in_(ids))).scalars())
     return done

@@ -15,6 +15,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 
 from include.event_pipelines import config
+from include.inference_execution import settings as inference_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,7 +132,7 @@ def _seeded_conn_ids() -> set[str]:
 
 
 def test_every_connection_the_dags_use_is_seeded(watchers: tuple[str, dict]) -> None:
-    used = {config.AWS_CONN_ID, config.KAFKA_CONN_ID, config.DB_CONN_ID, config.INFERENCE_HTTP_CONN_ID}
+    used = {config.AWS_CONN_ID, config.KAFKA_CONN_ID, config.DB_CONN_ID, inference_settings.INFERENCE_HTTP_CONN_ID}
     for w in watchers[1].values():
         used |= {v for k, v in w["kwargs"].items() if k.endswith(("conn_id", "config_id")) and v}
     assert used <= _seeded_conn_ids(), f"not seeded in airflow_settings.yaml: {used - _seeded_conn_ids()}"

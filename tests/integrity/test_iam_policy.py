@@ -10,7 +10,7 @@ The actions are derived from the code, not listed from memory:
   is not an SQS client but has a method of the same name is counted too: a false alarm is a line in this file, a
   missed call is a run that fails with AccessDenied in production.
 * S3: the storage calls the ETL makes on its paths (``ObjectStoragePath`` in Airflow), found by method name under
-  ``include/event_pipelines/etl/`` and mapped with ``STORAGE_ACTIONS`` below.
+  ``include/data_delivery_etl/`` and mapped with ``STORAGE_ACTIONS`` below.
 
 Then the README's policy JSON must grant every derived action and nothing else, on the right queues.
 """
@@ -29,9 +29,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-CONFIG = ROOT / "include" / "event_pipelines" / "config.py"
+# Where queue names are set: each SQS pipeline's settings.py.
+SETTINGS = tuple(ROOT / "include" / pipeline / "settings.py" for pipeline in ("data_delivery_etl", "inference_execution"))
 CODE_DIRS = (ROOT / "include", ROOT / "plugins")
-ETL_DIR = ROOT / "include" / "event_pipelines" / "etl"
+ETL_DIR = ROOT / "include" / "data_delivery_etl"
 
 # Storage method of a path -> the S3 actions it needs when the path is s3:// (s3fs under ObjectStoragePath).
 # HeadObject (exists, stat) is authorised by s3:GetObject; without s3:ListBucket a missing key answers 403, not 404.
@@ -176,8 +177,8 @@ def queue_names(resources: Iterable[str]) -> set[str]:
 
 
 def config_default(name: str) -> str:
-    """Default of ``NAME: str = os.getenv("NAME", "<default>")`` in config.py (not this machine's environment)."""
-    for node in ast.parse(CONFIG.read_text()).body:
+    """Default of ``NAME: str = os.getenv("NAME", "<default>")`` in a settings.py (not this machine's environment)."""
+    for node in (n for path in SETTINGS for n in ast.parse(path.read_text()).body):
         if isinstance(node, ast.AnnAssign):
             target = node.target
         elif isinstance(node, ast.Assign):
@@ -188,7 +189,7 @@ def config_default(name: str) -> str:
             args = node.value.args
             if len(args) == 2 and isinstance(args[1], ast.Constant):
                 return args[1].value
-    raise AssertionError(f"{name} = os.getenv(..., <default>) not found in {CONFIG}")
+    raise AssertionError(f"{name} = os.getenv(..., <default>) not found in {[str(p) for p in SETTINGS]}")
 
 
 # --------------------------------------------------------------------------------------------------- tests

@@ -8,10 +8,12 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import Engine, func, select
 
+from include.data_delivery_etl import pipeline
+from include.data_delivery_etl import settings as etl_settings
+from include.data_delivery_etl import tables as etl_tables
+from include.data_delivery_etl.landing import quarantine_folder_name
+from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
-from include.event_pipelines.etl import pipeline
-from include.event_pipelines.etl.landing import quarantine_folder_name
-from include.event_pipelines.etl.pipeline import render_csv
 from include.event_pipelines.messages import Envelope
 
 ROWS = [
@@ -56,12 +58,12 @@ def test_a_delivered_file_loads_exactly_its_rows_transformed(engine: Engine, tmp
     env, _ = deliver(tmp_path, "orders-1.csv", render_csv(ROWS))
     outcome = process_delivery(env, engine, resolve, tmp_path / "quarantine")
     assert (outcome.status, outcome.rows) == ("loaded", 3)
-    orders = {r["order_id"]: r for r in table(engine, db.orders)}
+    orders = {r["order_id"]: r for r in table(engine, etl_tables.orders)}
     assert set(orders) == {"o-1", "o-2", "o-3"}
     assert (orders["o-1"]["amount_cents"], orders["o-1"]["currency"]) == (1250, "EUR")
     assert db.as_utc(orders["o-1"]["ordered_at"]).isoformat() == "2026-11-24T07:00:00+00:00"
     assert orders["o-3"]["amount_cents"] == 10000
-    ledger = table(engine, db.etl_deliveries)
+    ledger = table(engine, etl_tables.etl_deliveries)
     assert [(r["delivery_id"], r["rows_loaded"], r["message_id"]) for r in ledger] == [("d-1", 3, "m-1")]
 
 
@@ -69,12 +71,12 @@ def test_the_same_file_delivered_twice_changes_nothing(engine: Engine, tmp_path:
     data = render_csv(ROWS)
     first, _ = deliver(tmp_path, "a.csv", data)
     assert process_delivery(first, engine, resolve, tmp_path / "q").status == "loaded"
-    before = table(engine, db.orders)
+    before = table(engine, etl_tables.orders)
     # the same message redelivered, and the same content announced again under another message and name
     again, _ = deliver(tmp_path, "b.csv", data, delivery_id="d-2", message_id="m-2")
     assert process_delivery(first, engine, resolve, tmp_path / "q").status == "duplicate"
     assert process_delivery(again, engine, resolve, tmp_path / "q").status == "duplicate"
-    assert table(engine, db.orders) == before and count(engine, db.etl_deliveries) == 1
+    assert table(engine, etl_tables.orders) == before and count(engine, etl_tables.etl_deliveries) == 1
 
 
 @pytest.mark.parametrize(
@@ -94,8 +96,8 @@ def test_a_bad_file_is_quarantined_with_its_reason_and_nothing_is_loaded(engine,
     env, path = deliver(tmp_path, "bad.csv", data, sha=sha)
     outcome = process_delivery(env, engine, resolve, tmp_path / "quarantine")
     assert outcome.status == "quarantined" and reason in outcome.reason
-    assert count(engine, db.orders) == 0 and count(engine, db.etl_deliveries) == 0
-    [q] = table(engine, db.etl_quarantine)
+    assert count(engine, etl_tables.orders) == 0 and count(engine, etl_tables.etl_deliveries) == 0
+    [q] = table(engine, etl_tables.etl_quarantine)
     assert (q["delivery_id"], q["message_id"]) == ("d-1", "m-1") and reason in q["reason"]
     folder = tmp_path / "quarantine" / quarantine_folder_name("d-1")
     assert not path.exists() and (folder / "bad.csv").read_bytes() == data
@@ -114,7 +116,7 @@ def test_a_missing_file_is_quarantined(engine: Engine, tmp_path: Path) -> None:
     path.unlink()
     outcome = process_delivery(env, engine, resolve, tmp_path / "q")
     assert outcome.status == "quarantined" and "does not exist" in outcome.reason
-    assert table(engine, db.etl_quarantine)[0]["quarantined_uri"] is None
+    assert table(engine, etl_tables.etl_quarantine)[0]["quarantined_uri"] is None
 
 
 def test_a_bad_message_is_dead_lettered_with_its_body(engine: Engine, tmp_path: Path) -> None:
@@ -136,7 +138,7 @@ def test_a_delivery_id_reused_for_other_content_is_dead_lettered(engine: Engine,
     outcome = process_delivery(other, engine, resolve, tmp_path / "q")
     assert outcome.status == "dead_letter" and outcome.reason.startswith("duplicate delivery_id d-1: already loaded")
     assert outcome.dead_letters() == [{"message_id": "m-2", "reason": outcome.reason}]
-    assert count(engine, db.etl_deliveries) == 1 and count(engine, db.orders) == 3
+    assert count(engine, etl_tables.etl_deliveries) == 1 and count(engine, etl_tables.orders) == 3
 
 
 # --- hostile input: confinement, file type and size, quarantine paths, content errors ----------------------------
@@ -162,7 +164,7 @@ def assert_dead_letter(engine: Engine, outcome, *, contains: str, message_id: st
     assert outcome.status == "dead_letter", outcome
     assert outcome.reason.startswith(f"message {message_id}: ") and contains in outcome.reason, outcome.reason
     assert [r["message_id"] for r in table(engine, db.dead_letters)] == [message_id]
-    assert count(engine, db.orders) == 0 and count(engine, db.etl_quarantine) == 0
+    assert count(engine, etl_tables.orders) == 0 and count(engine, etl_tables.etl_quarantine) == 0
 
 
 @pytest.mark.parametrize("where", ["outside", "landing-evil"])
@@ -270,7 +272,7 @@ def test_remote_uris_need_a_root_and_an_installed_backend(engine, tmp_path, uri,
 
 
 def test_an_unknown_scheme_is_refused(engine: Engine, tmp_path: Path) -> None:
-    from include.event_pipelines.etl import landing
+    from include.data_delivery_etl import landing
 
     outcome = process_delivery(notice_env("ftp://host/landing/x.csv"), engine, resolve, tmp_path / "q")
     assert outcome.status == "dead_letter" and "uri: Value error, URI must start with" in outcome.reason
@@ -281,7 +283,7 @@ def test_an_unknown_scheme_is_refused(engine: Engine, tmp_path: Path) -> None:
 def test_a_remote_file_is_statted_then_read_with_a_bound(tmp_path: Path) -> None:
     from upath import UPath
 
-    from include.event_pipelines.etl import landing
+    from include.data_delivery_etl import landing
 
     root = "memory://etl-landing-test/in"
     UPath(f"{root}/ok.csv").write_bytes(b"12345")
@@ -339,7 +341,7 @@ def test_extreme_timestamps_in_rows_quarantine_the_file(engine, tmp_path, ordere
     env, _ = deliver(tmp_path, "t.csv", render_csv(rows))
     outcome = process_delivery(env, engine, resolve, tmp_path / "q")
     assert outcome.status == "quarantined" and contains in outcome.reason, outcome.reason
-    assert count(engine, db.orders) == 0
+    assert count(engine, etl_tables.orders) == 0
 
 
 @pytest.mark.parametrize("delivered_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
@@ -350,7 +352,7 @@ def test_an_extreme_delivered_at_dead_letters_the_message(engine, tmp_path, deli
     env = notice_env((tmp_path / "landing" / "a.csv").as_uri(), data, delivered_at=delivered_at)
     outcome = process_delivery(env, engine, resolve, tmp_path / "q")
     assert outcome.status == "dead_letter" and "OverflowError" in outcome.reason
-    assert (tmp_path / "landing" / "a.csv").exists() and count(engine, db.orders) == 0
+    assert (tmp_path / "landing" / "a.csv").exists() and count(engine, etl_tables.orders) == 0
 
 
 @pytest.mark.parametrize(
@@ -446,10 +448,10 @@ def test_a_reused_delivery_id_processed_concurrently_loads_once(engine, tmp_path
     [loser] = [o for o in results.values() if o.status == "dead_letter"]
     assert loser.reason.startswith("duplicate delivery_id d-1: already loaded from different content")
     assert [r["message_id"] for r in table(engine, db.dead_letters)] == [loser.message_id]
-    [ledger] = table(engine, db.etl_deliveries)
+    [ledger] = table(engine, etl_tables.etl_deliveries)
     winner = next(o for o in results.values() if o.status == "loaded")
     assert ledger["message_id"] == winner.message_id
-    assert count(engine, db.orders) == winner.rows
+    assert count(engine, etl_tables.orders) == winner.rows
 
 
 def test_the_same_file_processed_concurrently_loads_once(engine, tmp_path, monkeypatch) -> None:
@@ -466,7 +468,7 @@ def test_the_same_file_processed_concurrently_loads_once(engine, tmp_path, monke
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(o.status for o in out) == ["duplicate", "loaded"] and count(engine, db.etl_deliveries) == 1
+    assert sorted(o.status for o in out) == ["duplicate", "loaded"] and count(engine, etl_tables.etl_deliveries) == 1
 
 
 def test_an_older_correction_committed_after_a_newer_one_changes_nothing(engine: Engine, tmp_path: Path) -> None:
@@ -478,14 +480,14 @@ def test_an_older_correction_committed_after_a_newer_one_changes_nothing(engine:
                           delivered_at=delivered_at, message_id=f"m-{delivery_id}")
 
     def amount() -> int:
-        [row] = table(engine, db.orders)
+        [row] = table(engine, etl_tables.orders)
         return row["amount_cents"]
 
     newer = correction("new.csv", "20.00", "2026-11-24T10:00:00+01:00", "d-new")
     older = correction("old.csv", "10.00", "2026-11-24T08:59:59Z", "d-old")  # one second before 10:00+01:00
     assert process_delivery(newer, engine, resolve, tmp_path / "q").status == "loaded" and amount() == 2000
     assert process_delivery(older, engine, resolve, tmp_path / "q").status == "loaded" and amount() == 2000
-    [row] = table(engine, db.orders)
+    [row] = table(engine, etl_tables.orders)
     assert row["delivery_id"] == "d-new" and db.as_utc(row["delivered_at"]).isoformat() == "2026-11-24T09:00:00+00:00"
     newest = correction("newest.csv", "30.00", "2026-11-24T09:00:01Z", "d-newest")
     assert process_delivery(newest, engine, resolve, tmp_path / "q").status == "loaded" and amount() == 3000
@@ -501,13 +503,13 @@ def test_a_tie_on_delivered_at_is_won_by_the_greater_sha256(engine: Engine, tmp_
                                                                    delivery_id=f"d-{i}", rows=1, message_id=f"m-{i}")))
     for _, env in envs:
         assert process_delivery(env, engine, resolve, tmp_path / "q").status == "loaded"
-    [row] = table(engine, db.orders)
+    [row] = table(engine, etl_tables.orders)
     assert row["source_sha256"] == max(sha for sha, _ in envs)
 
 
 def test_a_run_of_1500_deliveries_maps_to_bounded_batches() -> None:
-    from include.event_pipelines import airflow_io, config
+    from include.event_pipelines import airflow_io
 
-    batches = airflow_io.map_batches(list(range(1500)), config.ETL_BATCH_SIZE)
-    assert len(batches) == -(-1500 // config.ETL_BATCH_SIZE) <= 1024
+    batches = airflow_io.map_batches(list(range(1500)), etl_settings.ETL_BATCH_SIZE)
+    assert len(batches) == -(-1500 // etl_settings.ETL_BATCH_SIZE) <= 1024
     assert [x for b in batches for x in b] == list(range(1500))

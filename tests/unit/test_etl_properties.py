@@ -16,10 +16,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select
 
+from include.data_delivery_etl import landing
+from include.data_delivery_etl import tables as etl_tables
+from include.data_delivery_etl.pipeline import process_delivery, render_csv
+from include.data_delivery_etl.schemas import CSV_HEADER
 from include.event_pipelines import db
-from include.event_pipelines.etl import landing
-from include.event_pipelines.etl.pipeline import process_delivery, render_csv
-from include.event_pipelines.etl.schemas import CSV_HEADER
 from include.event_pipelines.messages import Envelope
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -182,7 +183,7 @@ def test_any_delivery_ends_in_an_outcome_and_touches_nothing_outside(
         assert where == "landing" and right_sha and len(content) <= max_bytes
     if outcome.status == "quarantined":
         with world.engine.connect() as conn:
-            t = db.etl_quarantine
+            t = etl_tables.etl_quarantine
             assert conn.execute(select(func.count()).select_from(t).where(t.c.delivery_id == delivery_id)).scalar() == 1
 
 

@@ -9,16 +9,17 @@ import pytest
 from sqlalchemy import Engine, select
 
 from include.event_pipelines import db
-from include.event_pipelines.inference import train
-from include.event_pipelines.inference.model import (
+from include.event_pipelines.messages import Envelope
+from include.inference_execution import tables as inference_tables
+from include.inference_execution import train
+from include.inference_execution.model import (
     MODEL_DIR,
     HttpEndpointPredictor,
     LocalModelPredictor,
     ModelAnswerError,
 )
-from include.event_pipelines.inference.pipeline import answer_requests
-from include.event_pipelines.inference.schemas import MachineFeatures
-from include.event_pipelines.messages import Envelope
+from include.inference_execution.pipeline import answer_requests
+from include.inference_execution.schemas import MachineFeatures
 
 HOT = {"temperature_c": 95.0, "vibration_mm_s": 18.0, "pressure_kpa": 85.0, "rpm": 4200}
 COOL = {"temperature_c": 55.0, "vibration_mm_s": 3.0, "pressure_kpa": 104.0, "rpm": 2500}
@@ -71,7 +72,7 @@ def test_every_request_gets_one_reply_with_its_correlation_id_from_one_model_cal
     assert labels == {"req-0": "failure", "req-1": "ok", "req-3": "ok"}
     assert (out.requests, out.predicted, out.reused, out.replies) == (3, 3, 0, 3)
     with engine.connect() as conn:
-        rows = conn.execute(select(db.predictions.c.request_id, db.predictions.c.model_version)).all()
+        rows = conn.execute(select(inference_tables.predictions.c.request_id, inference_tables.predictions.c.model_version)).all()
     assert sorted(rows) == [("req-0", "failure_classifier/v1"), ("req-1", "failure_classifier/v1"),
                             ("req-3", "failure_classifier/v1")]
 
@@ -138,7 +139,7 @@ class StubPredictor:
 
 
 def stored_predictions(engine: Engine) -> dict[str, tuple]:
-    t = db.predictions
+    t = inference_tables.predictions
     with engine.connect() as conn:
         return {r[0]: tuple(r[1:]) for r in conn.execute(select(t.c.request_id, t.c.probability, t.c.features_sha256))}
 
@@ -234,7 +235,7 @@ def test_submitted_at_is_stored_as_the_same_instant(engine: Engine) -> None:
         {"request_id": "r", "submitted_at": "2026-11-24T13:00:00+05:00", "features": HOT}))
     answer_requests([env], engine, StubPredictor([0.9]), lambda replies: None)
     with engine.connect() as conn:
-        submitted = conn.execute(select(db.predictions.c.submitted_at)).scalar_one()
+        submitted = conn.execute(select(inference_tables.predictions.c.submitted_at)).scalar_one()
     assert submitted == datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc) and submitted.utcoffset() == timedelta(0)
 
 
@@ -244,7 +245,7 @@ def store_concurrently(engine: Engine, request_id: str, features: dict, probabil
 
     def hook(rows) -> None:
         with engine.begin() as conn:
-            db.insert_ignore(conn, db.predictions, [{
+            db.insert_ignore(conn, inference_tables.predictions, [{
                 "request_id": request_id, "message_id": "other-run", "label": "ok", "probability": probability,
                 "model_version": "other/1", "predicted_at": datetime(2026, 11, 24, 9, tzinfo=timezone.utc),
                 "features_sha256": MachineFeatures(**features).fingerprint()}])
@@ -301,7 +302,7 @@ def test_two_threads_reusing_a_request_id_with_other_features_give_one_answer_an
     assert all(isinstance(r, tuple) for r in results.values()) and len(results) == 2, results
     [(winner, stored_row)] = stored_predictions(engine).items()
     with engine.connect() as conn:
-        row = conn.execute(select(db.predictions.c.model_version)).scalar_one()
+        row = conn.execute(select(inference_tables.predictions.c.model_version)).scalar_one()
     loser = "b" if row == "a" else "a"
     (win_out, win_sent), (lose_out, lose_sent) = results[row], results[loser]
     assert winner == "req-race"

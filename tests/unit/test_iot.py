@@ -6,11 +6,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import config, db
-from include.event_pipelines.iot.pipeline import process_readings
-from include.event_pipelines.iot.rules import RULES, Rule, evaluate
-from include.event_pipelines.iot.schemas import AlertEvent
+from include.event_pipelines import db
 from include.event_pipelines.messages import Envelope
+from include.iot_alerting import settings as iot_settings
+from include.iot_alerting import tables as iot_tables
+from include.iot_alerting.pipeline import process_readings
+from include.iot_alerting.rules import RULES, Rule, evaluate
+from include.iot_alerting.schemas import AlertEvent
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
 NOW = T0 + timedelta(hours=1)  # the processing time of every run here: readings near T0 are recent
@@ -83,9 +85,9 @@ def test_a_run_publishes_transitions_and_state_survives_to_the_next_run(engine: 
     assert (out2.alerts_raised, out2.alerts_cleared) == (0, 1)
     assert [a.kind for a in published.calls[-1]] == ["cleared"]
     with engine.connect() as conn:
-        state = conn.execute(select(db.iot_device_state).where(db.iot_device_state.c.device_id == "pump-1")).mappings().one()
-        alerts = conn.execute(select(db.iot_alerts.c.kind).order_by(db.iot_alerts.c.ts)).scalars().all()
-        readings = conn.execute(select(db.iot_readings.c.message_id)).scalars().all()
+        state = conn.execute(select(iot_tables.iot_device_state).where(iot_tables.iot_device_state.c.device_id == "pump-1")).mappings().one()
+        alerts = conn.execute(select(iot_tables.iot_alerts.c.kind).order_by(iot_tables.iot_alerts.c.ts)).scalars().all()
+        readings = conn.execute(select(iot_tables.iot_readings.c.message_id)).scalars().all()
     assert (state["alerting"], state["last_value"]) == (False, 74.0)
     assert alerts == ["raised", "cleared"] and len(readings) == 5
 
@@ -97,8 +99,8 @@ def test_replaying_a_run_publishes_nothing_new_and_writes_nothing_twice(engine: 
     process_readings(run, engine, published, now=NOW)  # redelivered: e.g. the task was retried or the run cleared
     assert len(published.calls) == 1 and [a.kind for a in published.calls[0]] == ["raised", "cleared"]
     with engine.connect() as conn:
-        assert len(conn.execute(select(db.iot_readings)).all()) == 2
-        assert len(conn.execute(select(db.iot_alerts)).all()) == 2
+        assert len(conn.execute(select(iot_tables.iot_readings)).all()) == 2
+        assert len(conn.execute(select(iot_tables.iot_alerts)).all()) == 2
 
 
 def test_readings_that_trip_nothing_publish_nothing(engine: Engine) -> None:
@@ -162,7 +164,7 @@ def test_timestamps_out_of_range_are_dead_lettered_and_the_rest_of_the_run_flows
     assert letters["iot-readings/0/0"] == "ts 0001-01-01T00:00:00+01:00 is outside the range of representable UTC times"
     assert letters["iot-readings/0/1"] == "ts 9999-12-31T23:59:59-01:00 is outside the range of representable UTC times"
     assert letters["iot-readings/0/2"].startswith("ts 9999-12-31T23:59:59+00:00 is 251606789999 s")
-    skew, age = config.IOT_MAX_CLOCK_SKEW_SECONDS, config.IOT_MAX_READING_AGE_SECONDS  # the defaults
+    skew, age = iot_settings.IOT_MAX_CLOCK_SKEW_SECONDS, iot_settings.IOT_MAX_READING_AGE_SECONDS  # the defaults
     assert f" s in the future (processed at 2026-11-24T09:00:00+00:00; at most {skew:g} s" in letters["iot-readings/0/2"]
     assert letters["iot-readings/0/3"].startswith("ts 0001-01-01T00:00:00+00:00 is 63931107600 s old")
     assert f"older than {age:g} s are not evaluated" in letters["iot-readings/0/3"]
@@ -216,8 +218,8 @@ def test_an_offset_timestamp_is_stored_and_compared_as_the_same_instant(engine: 
     out = process_readings([earlier], engine, published, now=NOW)
     assert (out.readings, out.alerts_raised) == (1, 0)
     with engine.connect() as conn:
-        stored = dict(conn.execute(select(db.iot_readings.c.message_id, db.iot_readings.c.ts)).all())
-        state = conn.execute(select(db.iot_device_state)).mappings().one()
+        stored = dict(conn.execute(select(iot_tables.iot_readings.c.message_id, iot_tables.iot_readings.c.ts)).all())
+        state = conn.execute(select(iot_tables.iot_device_state)).mappings().one()
     assert stored["iot-readings/0/0"] == datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
     assert stored["iot-readings/0/0"].utcoffset() == timedelta(0)
     assert stored["iot-readings/0/2"] == datetime(2026, 11, 24, 8, 30, tzinfo=timezone.utc)
@@ -228,7 +230,7 @@ def test_an_offset_timestamp_is_stored_and_compared_as_the_same_instant(engine: 
 def test_a_content_error_while_evaluating_one_reading_dead_letters_only_that_reading(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from include.event_pipelines.iot import pipeline
+    from include.iot_alerting import pipeline
 
     def fragile(rule, state, value, ts):
         if value == 13.0:
@@ -243,4 +245,4 @@ def test_a_content_error_while_evaluating_one_reading_dead_letters_only_that_rea
     assert sorted(out.message_ids) == ["iot-readings/0/1", "iot-readings/0/2"] and out.alerts_raised == 2
     assert dead_letter_reasons(engine) == {"iot-readings/0/0": "reading iot-readings/0/0: ZeroDivisionError: float division by zero"}
     with engine.connect() as conn:
-        assert sorted(conn.execute(select(db.iot_readings.c.message_id)).scalars()) == ["iot-readings/0/1", "iot-readings/0/2"]
+        assert sorted(conn.execute(select(iot_tables.iot_readings.c.message_id)).scalars()) == ["iot-readings/0/1", "iot-readings/0/2"]

@@ -16,11 +16,13 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.pool import StaticPool
 
 from include.event_pipelines import db
-from include.event_pipelines.inference.pipeline import answer_requests
-from include.event_pipelines.inference.schemas import InferenceRequest
-from include.event_pipelines.iot.pipeline import process_readings
-from include.event_pipelines.iot.schemas import SensorReading
 from include.event_pipelines.messages import Envelope, PoisonMessage, decode
+from include.inference_execution import tables as inference_tables
+from include.inference_execution.pipeline import answer_requests
+from include.inference_execution.schemas import InferenceRequest
+from include.iot_alerting import tables as iot_tables
+from include.iot_alerting.pipeline import process_readings
+from include.iot_alerting.schemas import SensorReading
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -187,9 +189,9 @@ def test_iot_processes_or_dead_letters_every_reading_and_never_raises(fields: li
         processed += out.message_ids
         dead.update(run_dead)
     with engine.connect() as conn:
-        stored = dict(conn.execute(select(db.iot_readings.c.message_id, db.iot_readings.c.ts)).all())
+        stored = dict(conn.execute(select(iot_tables.iot_readings.c.message_id, iot_tables.iot_readings.c.ts)).all())
         recorded = set(conn.execute(select(db.dead_letters.c.message_id)).scalars())
-        states = conn.execute(select(db.iot_device_state)).mappings().all()
+        states = conn.execute(select(iot_tables.iot_device_state)).mappings().all()
     assert sorted(stored) == sorted(processed) and recorded == set(dead)
     for ts in stored.values():  # every stored reading is recent and in UTC
         assert ts.utcoffset() == timedelta(0) and NOW - timedelta(days=7) <= ts <= NOW + timedelta(seconds=300)
@@ -240,7 +242,7 @@ def test_inference_answers_or_dead_letters_every_request_and_never_raises(
         event("inference dead letter: " + ("model answered" if "model answered" in reason else
                                            "duplicate" if "duplicate" in reason else "other"))
     with engine.connect() as conn:
-        stored = conn.execute(select(db.predictions)).mappings().all()
+        stored = conn.execute(select(inference_tables.predictions)).mappings().all()
         recorded = set(conn.execute(select(db.dead_letters.c.message_id)).scalars())
     assert recorded == set(dead)
     for row in stored:  # nothing invalid is ever stored

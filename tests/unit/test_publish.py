@@ -15,12 +15,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 from devstack import publish as pub
-from include.event_pipelines import db
-from include.event_pipelines.etl.pipeline import parse_orders, process_delivery
-from include.event_pipelines.etl.schemas import CSV_HEADER, DeliveryNotice
-from include.event_pipelines.inference.schemas import InferenceRequest
-from include.event_pipelines.iot.pipeline import process_readings
-from include.event_pipelines.iot.schemas import AlertEvent, SensorReading
+from include.data_delivery_etl import tables as etl_tables
+from include.data_delivery_etl.pipeline import parse_orders, process_delivery
+from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice
 from include.event_pipelines.messages import (
     MAX_BODY_BYTES,
     Envelope,
@@ -28,6 +25,9 @@ from include.event_pipelines.messages import (
     decode,
     kafka_message_to_event,
 )
+from include.inference_execution.schemas import InferenceRequest
+from include.iot_alerting.pipeline import process_readings
+from include.iot_alerting.schemas import AlertEvent, SensorReading
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
 MODELS = {"etl": DeliveryNotice, "iot": SensorReading, "inference": InferenceRequest}
@@ -165,7 +165,7 @@ def test_etl_deliveries_load_exactly_the_expected_orders(engine: Engine, tmp_pat
     outcomes = [process_delivery(sqs_envelope(i, m), engine, resolve, tmp_path / "q", landing_roots=[(tmp_path / "landing").as_uri()]) for i, m in enumerate(msgs)]
     assert [o.status for o in outcomes] == ["loaded"] * 4
     with engine.connect() as conn:
-        loaded = sorted(conn.execute(select(db.orders.c.order_id)).scalars())
+        loaded = sorted(conn.execute(select(etl_tables.orders.c.order_id)).scalars())
     assert loaded == sorted(o for m in msgs for o in m.expect["orders"])
 
 
@@ -370,7 +370,7 @@ def test_etl_poison_is_dead_lettered_or_quarantined_as_recorded(engine: Engine, 
             assert outcome.status == "dead_letter", outcome
             assert m.expect["dead_letter_reason_contains"] in (outcome.reason or "")
     with engine.connect() as conn:
-        assert conn.execute(select(db.orders.c.order_id)).first() is None
+        assert conn.execute(select(etl_tables.orders.c.order_id)).first() is None
 
 
 def test_publish_poison_records_the_expectations(tmp_path: Path) -> None:

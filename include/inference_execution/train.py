@@ -1,6 +1,6 @@
 """Train the failure classifier on synthetic telemetry the repo generates, and write a versioned artifact.
 
-    python -m include.event_pipelines.inference.train --version v1
+    python -m include.inference_execution.train --version v1
 
 The data is drawn from a documented generative model (``failure_probability``), seeded, so the same command
 gives the same data and the same metrics. Nothing is downloaded.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from include.event_pipelines.inference.model import MODEL_DIR
-from include.event_pipelines.inference.schemas import FEATURES
+from include.inference_execution.model import MODEL_DIR
+from include.inference_execution.schemas import FEATURES
 
 SEED = 20261124
 

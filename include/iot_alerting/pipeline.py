@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select, tuple_
 
-from include.event_pipelines import config, db
-from include.event_pipelines.faults import maybe_fail
-from include.event_pipelines.iot.rules import RULES, DeviceState, evaluate
-from include.event_pipelines.iot.schemas import AlertEvent, SensorReading
+from include.event_pipelines import db
 from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
+from include.iot_alerting import settings, tables
+from include.iot_alerting.rules import RULES, DeviceState, evaluate
+from include.iot_alerting.schemas import AlertEvent, SensorReading
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class IotOutcome:
 def _load_states(engine: Engine, keys: set[tuple[str, str]]) -> dict[tuple[str, str], DeviceState]:
     if not keys:
         return {}
-    t = db.iot_device_state
+    t = tables.iot_device_state
     states: dict[tuple[str, str], DeviceState] = {}
     key_list = sorted(keys)
     with engine.connect() as conn:
@@ -104,18 +104,21 @@ def process_readings(
     now: datetime | None = None,
     max_age_seconds: float | None = None,
     max_skew_seconds: float | None = None,
+    after_effect: Callable[[str], None] | None = None,
 ) -> IotOutcome:
     """Apply a run's readings in timestamp order per device; publish transitions; persist state.
 
-    ``now`` (default: the current time) and the bounds (default: ``config.IOT_MAX_READING_AGE_SECONDS`` and
-    ``config.IOT_MAX_CLOCK_SKEW_SECONDS``) decide which readings are too old or too far in the future.
+    ``now`` (default: the current time) and the bounds (default: ``settings.IOT_MAX_READING_AGE_SECONDS`` and
+    ``settings.IOT_MAX_CLOCK_SKEW_SECONDS``) decide which readings are too old or too far in the future.
+    ``after_effect("iot.after_publish")`` is called after the alerts are published, before anything is stored (the
+    fault suite's hook).
     """
     now = db.utcnow() if now is None else now
     if now.tzinfo is None:
         raise ValueError(f"naive now {now!r}: pass an aware datetime")
     now = now.astimezone(timezone.utc)
-    max_age = config.IOT_MAX_READING_AGE_SECONDS if max_age_seconds is None else max_age_seconds
-    max_skew = config.IOT_MAX_CLOCK_SKEW_SECONDS if max_skew_seconds is None else max_skew_seconds
+    max_age = settings.IOT_MAX_READING_AGE_SECONDS if max_age_seconds is None else max_age_seconds
+    max_skew = settings.IOT_MAX_CLOCK_SKEW_SECONDS if max_skew_seconds is None else max_skew_seconds
 
     outcome = IotOutcome()
     readings: list[tuple[Envelope, SensorReading]] = []
@@ -160,11 +163,12 @@ def process_readings(
 
     if alerts:
         publish(alerts)  # flushed before any state is committed
-    maybe_fail("iot.after_publish")
+    if after_effect is not None:
+        after_effect("iot.after_publish")
     with engine.begin() as conn:
         db.insert_ignore(
             conn,
-            db.iot_readings,
+            tables.iot_readings,
             [
                 {"message_id": mid, "device_id": r.device_id, "sensor": r.sensor, "value": r.value, "unit": r.unit, "ts": r.ts}
                 for mid, r in accepted
@@ -172,7 +176,7 @@ def process_readings(
         )
         db.upsert(
             conn,
-            db.iot_device_state,
+            tables.iot_device_state,
             [
                 {"device_id": d, "sensor": s, "alerting": st.alerting, "last_value": st.last_value,
                  "last_ts": st.last_ts, "changed_at": st.changed_at}
@@ -181,7 +185,7 @@ def process_readings(
         )
         db.insert_ignore(
             conn,
-            db.iot_alerts,
+            tables.iot_alerts,
             [
                 {"dedup_key": a.dedup_key, "device_id": a.device_id, "sensor": a.sensor, "kind": a.kind,
                  "value": a.value, "ts": a.ts, "message_id": a.source_message_id}

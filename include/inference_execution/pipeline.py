@@ -17,10 +17,10 @@ from datetime import timezone
 from sqlalchemy import Connection, Engine, select
 
 from include.event_pipelines import db
-from include.event_pipelines.faults import maybe_fail
-from include.event_pipelines.inference.model import Predictor, as_probability, check_answer, label_for
-from include.event_pipelines.inference.schemas import InferenceReply, InferenceRequest
 from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
+from include.inference_execution import tables
+from include.inference_execution.model import Predictor, as_probability, check_answer, label_for
+from include.inference_execution.schemas import InferenceReply, InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class _Request:
 
 
 def _stored(conn: Connection, request_ids: list[str]) -> dict[str, dict[str, object]]:
-    t = db.predictions
+    t = tables.predictions
     found: dict[str, dict[str, object]] = {}
     for start in range(0, len(request_ids), 500):
         chunk = request_ids[start : start + 500]
@@ -85,8 +85,15 @@ def _dead_letter(outcome: InferenceOutcome, envelopes: Sequence[Envelope], reaso
 
 
 def answer_requests(
-    envelopes: Sequence[Envelope], engine: Engine, predictor: Predictor, send_replies: ReplySender
+    envelopes: Sequence[Envelope],
+    engine: Engine,
+    predictor: Predictor,
+    send_replies: ReplySender,
+    *,
+    after_effect: Callable[[str], None] | None = None,
 ) -> InferenceOutcome:
+    """Predict (once per request_id), store, then reply. ``after_effect("inference.after_store")`` is called once the
+    predictions are committed, before any reply is sent (the fault suite's hook)."""
     outcome = InferenceOutcome()
     # request_id -> its variants in arrival order, by features fingerprint; the first one is predicted if need be
     variants: dict[str, dict[str, _Request]] = {}
@@ -131,7 +138,7 @@ def answer_requests(
 
     answered: dict[str, _Request] = {}  # request_id -> the variant its stored prediction answers
     with engine.begin() as conn:
-        inserted = db.insert_ignore(conn, db.predictions, new_rows)
+        inserted = db.insert_ignore(conn, tables.predictions, new_rows)
         # What is stored now, whoever stored it (this run or a concurrent one that won the insert race).
         answers = _stored(conn, sorted(variants))
         for rid, vs in variants.items():
@@ -147,7 +154,8 @@ def answer_requests(
                 elif row is not None:
                     answered[rid] = r
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)
-    maybe_fail("inference.after_store")
+    if after_effect is not None:
+        after_effect("inference.after_store")
 
     replies = [
         InferenceReply(

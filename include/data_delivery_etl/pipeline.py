@@ -25,11 +25,10 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from include.event_pipelines import config, db
-from include.event_pipelines.etl import landing
-from include.event_pipelines.etl.landing import StoragePath, safe_text
-from include.event_pipelines.etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
-from include.event_pipelines.faults import maybe_fail
+from include.data_delivery_etl import landing, settings, tables
+from include.data_delivery_etl.landing import StoragePath, safe_text
+from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
+from include.event_pipelines import db
 from include.event_pipelines.messages import (
     CONTENT_ERRORS,
     Envelope,
@@ -118,7 +117,7 @@ def ledger_verdict(delivery_id: str, sha256: str, ledger: Iterable[tuple[str, st
 
 
 def _ledger_rows(conn: Connection, delivery_id: str, sha256: str) -> list[tuple[str, str]]:
-    t = db.etl_deliveries
+    t = tables.etl_deliveries
     query = select(t.c.sha256, t.c.delivery_id).where(or_(t.c.sha256 == sha256, t.c.delivery_id == delivery_id))
     return [(str(sha), str(did)) for sha, did in conn.execute(query).all()]
 
@@ -133,7 +132,7 @@ def upsert_newer_orders(conn: Connection, records: Sequence[dict[str, object]]) 
     """Insert orders; replace an existing row only if this delivery is newer (tie: the greater source_sha256)."""
     if not records:
         return
-    t = db.orders
+    t = tables.orders
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(t)
     new = stmt.excluded
@@ -164,7 +163,7 @@ def load_records(
         "loaded_at": db.utcnow(),
     }
     with engine.begin() as conn:
-        if db.insert_ignore(conn, db.etl_deliveries, [ledger]) == 1:
+        if db.insert_ignore(conn, tables.etl_deliveries, [ledger]) == 1:
             upsert_newer_orders(conn, [{**r, "delivered_at": delivered_at} for r in records])
             return "load", None
         verdict, other = ledger_verdict(notice.delivery_id, notice.sha256,
@@ -215,7 +214,7 @@ def quarantine(
         "recorded_at": db.utcnow(),
     }
     with engine.begin() as conn:
-        db.insert_ignore(conn, db.etl_quarantine, [row])
+        db.insert_ignore(conn, tables.etl_quarantine, [row])
     if target is not None:
         remove()  # only once the record is durable: a crash before this re-quarantines the same file
     return str(target) if target is not None else None
@@ -246,13 +245,15 @@ def process_delivery(
     resolve: Callable[[str], Any],
     quarantine_root: StoragePath,
     *,
-    landing_roots: Sequence[str] = config.ETL_LANDING_ROOTS,
-    max_file_bytes: int = config.ETL_MAX_FILE_BYTES,
+    landing_roots: Sequence[str] = settings.ETL_LANDING_ROOTS,
+    max_file_bytes: int = settings.ETL_MAX_FILE_BYTES,
+    after_effect: Callable[[str], None] | None = None,
 ) -> DeliveryOutcome:
     """Handle one "data ready" message end to end. Idempotent: safe to run again for the same message.
 
     ``resolve`` turns a remote URI into a path (``ObjectStoragePath``); ``file://`` files are read directly. Only
     database and storage faults raise; whatever the message or its file contain ends in an outcome.
+    ``after_effect("etl.after_load")`` is called once a file's load is committed (the fault suite's hook).
     """
     mid = envelope.message_id
     try:
@@ -306,7 +307,8 @@ def process_delivery(
         return DeliveryOutcome(mid, "dead_letter", did, reason=_conflict_reason(notice, other))
     if verdict == "duplicate":
         return DeliveryOutcome(mid, "duplicate", did, reason=_duplicate_reason(notice))
-    maybe_fail("etl.after_load")
+    if after_effect is not None:
+        after_effect("etl.after_load")
     log.info("message %s: loaded %d rows from %s", mid, len(records), notice.uri)
     return DeliveryOutcome(mid, "loaded", did, rows=len(records))
 
@@ -323,10 +325,11 @@ def process_batch(
     engine: Engine,
     resolve: Callable[[str], Any],
     quarantine_root: StoragePath,
-    **limits: Any,
+    **options: Any,
 ) -> list[DeliveryOutcome]:
-    """Each message of a mapped task's batch in turn: every one ends in an outcome; only a system fault raises."""
-    return [process_delivery(e, engine, resolve, quarantine_root, **limits) for e in envelopes]
+    """Each message of a mapped task's batch in turn: every one ends in an outcome; only a system fault raises.
+    ``options``: ``process_delivery``'s keyword arguments (limits, ``after_effect``)."""
+    return [process_delivery(e, engine, resolve, quarantine_root, **options) for e in envelopes]
 
 
 def render_csv(records: list[dict[str, str]]) -> bytes:
@@ -340,7 +343,7 @@ def render_csv(records: list[dict[str, str]]) -> bytes:
 
 
 def summarize(outcomes: list[dict[str, object]]) -> dict[str, object]:
-    """Totals of a run's outcomes, used as the extra of the ``events_db.orders`` asset event."""
+    """Totals of a run's outcomes, used as the extra of the ``events_tables.orders`` asset event."""
     by_status: dict[str, int] = {}
     for o in outcomes:
         by_status[str(o["status"])] = by_status.get(str(o["status"]), 0) + 1

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from include.event_pipelines.inference.schemas import FEATURES, MachineFeatures
+from include.inference_execution.schemas import FEATURES, MachineFeatures
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "failure_classifier"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "failure_classifier"
 DEFAULT_MODEL_VERSION = "v1"
 DECISION_THRESHOLD = 0.5
 

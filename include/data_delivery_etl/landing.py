@@ -1,6 +1,6 @@
 """Where a delivered file may be read from, and how much of it: the ETL's confinement (pure, no Airflow).
 
-A URI is accepted only under one of the landing roots (``config.ETL_LANDING_ROOTS``): for ``file://`` after
+A URI is accepted only under one of the landing roots (``settings.ETL_LANDING_ROOTS``): for ``file://`` after
 resolving symlinks, for other schemes on bucket/prefix boundaries and only if the scheme's fsspec backend is
 installed. A file is statted before it is read: only a regular file of at most ``max_bytes`` is read.
 """
@@ -18,7 +18,7 @@ from pathlib import PurePath, PurePosixPath
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote, urlsplit
 
-from include.event_pipelines import config
+from include.data_delivery_etl import settings
 
 
 class StoragePath(Protocol):
@@ -79,7 +79,7 @@ def _local_root(root: str) -> str | None:
     return os.path.realpath(unquote(parts.path))
 
 
-def locate(uri: str, roots: Sequence[str] = config.ETL_LANDING_ROOTS) -> Located:
+def locate(uri: str, roots: Sequence[str] = settings.ETL_LANDING_ROOTS) -> Located:
     """Accept ``uri`` if it is inside one of ``roots`` (and readable by an installed backend), or raise ``Refused``."""
     shown = f"{safe_text(uri)} is outside the landing roots {list(roots)}"
     try:
@@ -120,7 +120,7 @@ def locate(uri: str, roots: Sequence[str] = config.ETL_LANDING_ROOTS) -> Located
     raise Refused(f"uri {shown}")
 
 
-def read_local(located: Located, max_bytes: int = config.ETL_MAX_FILE_BYTES) -> bytes:
+def read_local(located: Located, max_bytes: int = settings.ETL_MAX_FILE_BYTES) -> bytes:
     """The file's bytes: stat first (regular file, at most ``max_bytes``), then read at most that through the same
     inode. Raises ``Missing``, ``Refused`` (not a regular file, too large, unreadable), or ``OSError`` (storage)."""
     path = located.local_path
@@ -145,7 +145,7 @@ def read_local(located: Located, max_bytes: int = config.ETL_MAX_FILE_BYTES) -> 
     return data
 
 
-def read_remote(located: Located, path: Any, max_bytes: int = config.ETL_MAX_FILE_BYTES) -> bytes:
+def read_remote(located: Located, path: Any, max_bytes: int = settings.ETL_MAX_FILE_BYTES) -> bytes:
     """Like ``read_local`` for an fsspec-backed path (``ObjectStoragePath``/``UPath``): ``info`` first, bounded read."""
     try:
         info = path.fs.info(path.path)

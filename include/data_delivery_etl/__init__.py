@@ -1,0 +1,2 @@
+"""The data-delivery ETL (``dags/data_delivery_etl.py``): schemas, landing confinement, load/quarantine logic, its
+tables and settings, and its Airflow hooks (storage paths). Imports only ``include.event_pipelines``."""

@@ -1,0 +1,21 @@
+"""Env-driven settings of the data-delivery ETL (shared ones: ``include/event_pipelines/config.py``)."""
+
+from __future__ import annotations
+
+import os
+
+DELIVERY_QUEUE: str = os.getenv("DELIVERY_QUEUE", "data-deliveries")
+DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
+
+# Where bad delivered files are moved with a reason file (any ObjectStoragePath URI: file://, s3://, ...).
+QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", "file:///usr/local/airflow/include/data/quarantine")
+
+# Where delivered files may be read from (README "Confinement"): comma-separated roots; a delivery whose URI
+# (resolved, symlinks included, for file://) is not under one of them is dead-lettered and its file never touched.
+# Add s3://bucket/prefix roots for S3 (needs s3fs installed).
+ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
+    r.strip() for r in os.getenv("ETL_LANDING_ROOTS", "file:///usr/local/airflow/include/data/landing").split(",")
+    if r.strip()
+)
+ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
+ETL_BATCH_SIZE: int = int(os.getenv("ETL_BATCH_SIZE", "50"))  # deliveries per mapped task
