@@ -1,0 +1,225 @@
+"""Kafka offsets that only ever cover settled records, and a consumer whose settings cannot undo that.
+
+A run settles (its effects durable, its dead letters flushed) a set of offsets per partition. Runs settle in any
+order and some fail for good, so committing "highest offset + 1" would skip the records of a failed run. Instead
+each run stores its settled offset ranges (``kafka_settled``), and the group's committed offset moves to the
+*contiguous low watermark*: from the committed offset through every stored range that starts at or before it.
+A record no run settled stops it; the watcher trigger re-reads from there once the committed offset has stood
+still behind its position for ``redelivery_seconds``.
+
+Imported at run time only (trigger and task), never while a DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
+from confluent_kafka import KafkaException, TopicPartition
+from sqlalchemy import (
+    BigInteger, Column, Engine, Integer, MetaData, String, Table, and_, delete, or_, select, text, update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+kafka_settled = Table(  # the group's committed offset moves through these, contiguously; pruned once below it
+    "kafka_settled",
+    metadata,
+    Column("group_id", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("start_offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("end_offset", BigInteger, nullable=False),  # the offset after the range's last record
+)
+
+
+class Envelope(Protocol):
+    """What ``settled_intervals`` reads of a settled message (any object with these attributes)."""
+
+    source: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create ``kafka_settled`` if it is missing (idempotent)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def _insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(insert(table).on_conflict_do_nothing(), list(rows))
+
+Partition = tuple[str, int]
+Interval = tuple[int, int]  # [start, end): end is the offset after the last settled record
+
+RESET_VALUES = ("earliest", "latest")
+
+
+# --- pure ----------------------------------------------------------------------------------------------------------
+def settled_intervals(envelopes: Iterable[Envelope]) -> dict[Partition, list[Interval]]:
+    """Per partition, the ``[first, last + 1)`` ranges of consecutive offsets among the run's Kafka envelopes."""
+    offsets: dict[Partition, set[int]] = {}
+    for e in envelopes:
+        if e.source == "kafka" and e.topic is not None and e.partition is not None and e.offset is not None:
+            offsets.setdefault((e.topic, e.partition), set()).add(e.offset)
+    result: dict[Partition, list[Interval]] = {}
+    for key, found in offsets.items():
+        intervals: list[Interval] = []
+        for offset in sorted(found):
+            if intervals and intervals[-1][1] == offset:
+                intervals[-1] = (intervals[-1][0], offset + 1)
+            else:
+                intervals.append((offset, offset + 1))
+        result[key] = intervals
+    return result
+
+
+def watermark(committed: int, intervals: Iterable[Interval]) -> int:
+    """``committed`` advanced through every interval that starts at or before it (in start order); never lower."""
+    current = committed
+    for start, end in sorted(intervals):
+        if start > current:
+            break
+        current = max(current, end)
+    return current
+
+
+def safe_consumer_config(conn_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The connection's consumer settings with what at-least-once needs forced: no auto commit, no auto offset
+    store, an explicit ``auto.offset.reset`` (the connection's if earliest/latest, else earliest), a ``group.id``."""
+    config = dict(extra)
+    if not str(config.get("group.id") or "").strip():
+        raise ValueError(
+            f"Kafka connection {conn_id!r} has no 'group.id' in its extra: the pipelines commit settled offsets "
+            "for a consumer group; add one, e.g. {\"group.id\": \"event-pipelines\"}"
+        )
+    for key in ("enable.auto.commit", "enable.auto.offset.store"):
+        if key in config and str(config[key]).strip().lower() not in ("false", "0"):
+            log.warning("Kafka connection %r sets %s=%r; forced to false (offsets are committed by the run once its "
+                        "records are settled)", conn_id, key, config[key])
+        config[key] = False
+    reset = str(config.get("auto.offset.reset", "")).strip().lower()
+    if reset not in RESET_VALUES:
+        if "auto.offset.reset" in config:
+            log.warning("Kafka connection %r sets auto.offset.reset=%r; using 'earliest' (one of %s expected)",
+                        conn_id, config["auto.offset.reset"], RESET_VALUES)
+        reset = "earliest"
+    config["auto.offset.reset"] = reset
+    return config
+
+
+class SafeKafkaConsumerHook(KafkaConsumerHook):
+    """``KafkaConsumerHook`` whose consumer always has the settings of ``safe_consumer_config``."""
+
+    effective_config: dict[str, Any]
+
+    def _get_client(self, config: dict[str, Any]) -> Any:
+        self.effective_config = safe_consumer_config(self.kafka_config_id, config)
+        return super()._get_client(self.effective_config)
+
+    @property
+    def from_beginning(self) -> bool:
+        return self.effective_config["auto.offset.reset"] == "earliest"
+
+
+_schema_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+# --- committing ----------------------------------------------------------------------------------------------------
+def _lock(conn: Any, group_id: str) -> None:
+    """Serialize committers of one group. SQLite: the first write of the transaction already holds the lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"kafka_settled:{group_id}"})
+
+
+def _store(conn: Any, group_id: str, intervals: Mapping[Partition, Sequence[Interval]]) -> None:
+    t = kafka_settled
+    rows = [
+        {"group_id": group_id, "topic": topic, "partition": partition, "start_offset": s, "end_offset": e}
+        for (topic, partition), spans in intervals.items()
+        for s, e in spans
+    ]
+    _insert_ignore(conn, t, rows)
+    for r in rows:  # the same start settled again with more records behind it: keep the longer range
+        conn.execute(
+            update(t)
+            .where(t.c.group_id == group_id, t.c.topic == r["topic"], t.c.partition == r["partition"],
+                   t.c.start_offset == r["start_offset"], t.c.end_offset < r["end_offset"])
+            .values(end_offset=r["end_offset"])
+        )
+
+
+def _stored(conn: Any, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, list[Interval]]:
+    t = kafka_settled
+    keys = list(partitions)
+    rows = conn.execute(
+        select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset).where(
+            t.c.group_id == group_id, or_(*[and_(t.c.topic == tp, t.c.partition == p) for tp, p in keys])
+        )
+    )
+    found: dict[Partition, list[Interval]] = {k: [] for k in keys}
+    for topic, partition, start, end in rows:
+        found[(topic, partition)].append((start, end))
+    return found
+
+
+def commit_settled(
+    engine: Engine, consumer: Any, group_id: str, envelopes: Iterable[Envelope], *, from_beginning: bool = True
+) -> dict[Partition, int]:
+    """Record this run's settled ranges, then commit (synchronously) each of its partitions' low watermark where it
+    moves forward; prune ranges below it. Returns ``{(topic, partition): committed offset}`` of what was committed.
+
+    ``consumer`` belongs to ``group_id``. A committed offset below the partition's low watermark (deleted by
+    retention) counts from the low watermark; a partition with no committed offset counts from the low watermark
+    (``from_beginning``) or, for ``auto.offset.reset=latest``, from its lowest stored range.
+    """
+    intervals = settled_intervals(envelopes)
+    if not intervals:
+        return {}
+    if engine not in _schema_ready:
+        ensure_schema(engine)
+        _schema_ready.add(engine)
+    keys = sorted(intervals)
+    ahead: dict[Partition, int] = {}
+    with engine.begin() as conn:
+        _lock(conn, group_id)
+        _store(conn, group_id, intervals)
+        stored = _stored(conn, group_id, keys)
+        committed: dict[Partition, int] = {}
+        for tp in consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=30):
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            committed[(tp.topic, tp.partition)] = tp.offset
+        for key in keys:
+            current = committed.get(key, -1)
+            low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
+            if current >= 0:
+                base = max(current, low)
+            elif from_beginning:
+                base = low
+            else:
+                base = min(s for s, _ in stored[key])
+            new = watermark(base, stored[key])
+            if new > current:
+                ahead[key] = new
+        if ahead:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()], asynchronous=False)
+        t = kafka_settled
+        for key in keys:
+            floor = max(ahead.get(key, -1), committed.get(key, -1))
+            if floor >= 0:
+                conn.execute(delete(t).where(t.c.group_id == group_id, t.c.topic == key[0],
+                                             t.c.partition == key[1], t.c.end_offset <= floor))
+    behind = {k: committed.get(k) for k in keys if k not in ahead}
+    log.info("committed offsets %s; unchanged (a record before them not settled yet, or already past): %s",
+             ahead, behind)
+    return ahead

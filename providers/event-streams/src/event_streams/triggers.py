@@ -1,0 +1,492 @@
+"""Streaming watcher triggers: many messages per asset event, acknowledged only after the run's effect is durable.
+
+They never exit. Each event carries up to ``max_messages_per_event`` messages and ``max_event_bytes`` of bodies:
+after a quiet spell the first message goes out at once; in a stream, at most one event per ``linger_seconds``.
+Nothing is acknowledged here: SQS messages are received with a short visibility timeout and extended to the run's
+budget once their event is stored (the run deletes them); Kafka partitions are read with ``assign()`` from the
+group's committed offsets, which only the run moves (``event_streams.kafka_offsets``). Broker errors are retried
+with back-off inside the trigger. Defaults of the tuning arguments come from the environment (README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
+
+from event_streams import payload
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAYS = (1, 2, 5, 10)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.getenv(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.getenv(name, str(default)))
+
+
+def _pick(value: Any, read: Callable[[str, Any], Any], name: str, default: Any) -> Any:
+    """``value`` if given, else the environment variable ``name``, else ``default``."""
+    return read(name, default) if value is None else value
+
+
+def _pack_until(last_event_at: float, linger_seconds: float) -> float:
+    """Until when to keep packing messages into the event being gathered (a monotonic time).
+
+    After a quiet spell (no event for ``linger_seconds``) the first message goes out at once, with only what is
+    already waiting behind it: a lone message is not held back. Within ``linger_seconds`` of the last event (a
+    stream), the trigger keeps gathering until ``linger_seconds`` after that event: at most one event per
+    ``linger_seconds`` per watcher, each carrying up to ``max_messages_per_event`` messages. That keeps the
+    triggerer, which stores each event in its own database transaction, far from its events-per-second ceiling.
+    """
+    return max(time.monotonic(), last_event_at + linger_seconds)
+
+
+def sqs_body_bytes(message: Mapping[str, Any]) -> int:
+    return len(message.get("Body", "").encode("utf-8"))
+
+
+def kafka_body_bytes(record: Any) -> int:
+    """The bytes the record's body takes in the event (base64 text for a body that is not UTF-8); for what an
+    ``apply_function`` returned in another shape, the size of its JSON."""
+    if isinstance(record, Mapping) and record.keys() & {"body", "body_b64", "body_omitted_bytes"}:
+        if record.get("body") is not None:
+            return len(record["body"].encode("utf-8"))
+        return len(record.get("body_b64") or "")
+    return len(json.dumps(record, default=str).encode("utf-8"))
+
+
+class _Batch:
+    """The event being gathered: at most ``max_messages`` and ``max_bytes`` of bodies, at least one message.
+
+    It starts with the messages carried over from the previous event, in order. A message offered that does not fit
+    goes to the end of ``carry`` and closes the batch (``full``): the next event starts with it.
+    """
+
+    def __init__(self, carry: deque[dict[str, Any]], max_messages: int, max_bytes: int,
+                 size: Callable[[Mapping[str, Any]], int]) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.bytes = 0
+        self.full = False
+        self._carry, self._max_messages, self._max_bytes, self._size = carry, max_messages, max_bytes, size
+        while carry and not self.full:
+            if self._fits(carry[0]):
+                self._add(carry.popleft())
+            else:
+                self.full = True
+
+    def room(self) -> int:
+        return self._max_messages - len(self.items)
+
+    def offer(self, messages: Sequence[dict[str, Any]]) -> None:
+        for m in messages:
+            if not self.full and self._fits(m):
+                self._add(m)
+            else:
+                self.full = True
+                self._carry.append(m)
+
+    def _fits(self, message: Mapping[str, Any]) -> bool:
+        return not self.items or self.bytes + self._size(message) <= self._max_bytes
+
+    def _add(self, message: dict[str, Any]) -> None:
+        self.items.append(message)
+        self.bytes += self._size(message)
+        self.full = len(self.items) >= self._max_messages or self.bytes >= self._max_bytes
+
+
+class StreamingSqsTrigger(BaseEventTrigger):
+    """Long-poll an SQS queue forever; one event per gathered batch; never deletes.
+
+    Received with a short ``visibility_timeout``; ``handover_after_seconds`` (default: half of it) after their event
+    went out, extended to ``handover_visibility_timeout`` (the run's budget). Messages that did not fit an event
+    open the next one. Arguments left ``None`` take their environment default (README.md).
+    """
+
+    def __init__(
+        self,
+        *,
+        sqs_queue: str,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        max_messages_per_event: int | None = None,  # SQS_MESSAGES_PER_EVENT, 100
+        linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
+        wait_time_seconds: int | None = None,  # SQS_WAIT_TIME_SECONDS, 20
+        visibility_timeout: int | None = None,  # SQS_RECEIVE_VISIBILITY_TIMEOUT, 20
+        handover_after_seconds: float | None = None,  # visibility_timeout / 2
+        handover_visibility_timeout: int | None = None,  # SQS_VISIBILITY_TIMEOUT, 300
+        max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
+        max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB
+    ) -> None:
+        super().__init__()
+        self.sqs_queue = sqs_queue
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self.max_messages_per_event = _pick(max_messages_per_event, _env_int, "SQS_MESSAGES_PER_EVENT", 100)
+        self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
+        self.wait_time_seconds = _pick(wait_time_seconds, _env_int, "SQS_WAIT_TIME_SECONDS", 20)
+        self.visibility_timeout = _pick(visibility_timeout, _env_int, "SQS_RECEIVE_VISIBILITY_TIMEOUT", 20)
+        self.handover_after_seconds = (
+            self.visibility_timeout / 2 if handover_after_seconds is None else handover_after_seconds
+        )
+        self.handover_visibility_timeout = _pick(
+            handover_visibility_timeout, _env_int, "SQS_VISIBILITY_TIMEOUT", 300
+        )
+        self.max_event_bytes = _pick(max_event_bytes, _env_int, "MAX_EVENT_BYTES", 1024 * 1024)
+        self.max_message_bytes = _pick(
+            max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
+        )
+        self._last_event_at = 0.0
+        self._handed: deque[tuple[float, list[str]]] = deque()  # (yielded at, receipt handles), oldest first
+        self._carry: deque[dict[str, Any]] = deque()  # received, did not fit the last event: first in the next
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "sqs_queue": self.sqs_queue,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+                "max_messages_per_event": self.max_messages_per_event,
+                "linger_seconds": self.linger_seconds,
+                "wait_time_seconds": self.wait_time_seconds,
+                "visibility_timeout": self.visibility_timeout,
+                "handover_after_seconds": self.handover_after_seconds,
+                "handover_visibility_timeout": self.handover_visibility_timeout,
+                "max_event_bytes": self.max_event_bytes,
+                "max_message_bytes": self.max_message_bytes,
+            },
+        )
+
+    async def _receive(self, client: Any, wait: int, count: int = 10) -> list[dict[str, Any]]:
+        response = await client.receive_message(
+            QueueUrl=self.sqs_queue,
+            MaxNumberOfMessages=max(1, min(10, count)),
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=self.visibility_timeout,
+        )
+        messages = []
+        for m in response.get("Messages", []):
+            message = {"MessageId": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"], "Body": m.get("Body", "")}
+            size = sqs_body_bytes(message)
+            if size > self.max_message_bytes:  # never rides in an event; the run dead-letters it
+                del message["Body"]
+                message[payload.BODY_OMITTED_BYTES] = size
+            messages.append(message)
+        return messages
+
+    async def gather(self, client: Any) -> list[dict[str, Any]]:
+        """Carried-over messages, or block (long poll) for the first ones; then pack what follows them (see
+        ``_pack_until``) up to the count and byte bounds."""
+        batch = _Batch(self._carry, self.max_messages_per_event, self.max_event_bytes, sqs_body_bytes)
+        if not batch.items:
+            batch.offer(await self._receive(client, self._long_poll_seconds(), batch.room()))
+        if batch.items:
+            deadline = _pack_until(self._last_event_at, self.linger_seconds)
+            while not batch.full:
+                more = await self._receive(client, 0, batch.room())
+                batch.offer(more)
+                now = time.monotonic()
+                if not more:
+                    if now >= deadline:
+                        break
+                    await asyncio.sleep(min(0.05, deadline - now))
+            self._last_event_at = time.monotonic()
+        return batch.items
+
+    def _long_poll_seconds(self) -> int:
+        """The long poll, cut short when a handover falls due before it would end."""
+        if not self._handed:
+            return self.wait_time_seconds
+        due = self._handed[0][0] + self.handover_after_seconds - time.monotonic()
+        return max(0, min(self.wait_time_seconds, int(due) + 1))
+
+    def handed(self, batch: list[dict[str, Any]]) -> None:
+        """Record that ``batch`` went out in an event (called right after the ``yield``)."""
+        self._handed.append((time.monotonic(), [m["ReceiptHandle"] for m in batch]))
+
+    async def hand_over(self, client: Any) -> int:
+        """Extend, to the run's budget, the visibility of the messages of every event handed out long enough ago;
+        returns how many were extended (those already deleted by their run fail and are skipped)."""
+        extended = 0
+        while self._handed and time.monotonic() - self._handed[0][0] >= self.handover_after_seconds:
+            _, handles = self._handed.popleft()
+            for start in range(0, len(handles), 10):
+                entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.handover_visibility_timeout}
+                           for i, h in enumerate(handles[start : start + 10])]
+                response = await client.change_message_visibility_batch(QueueUrl=self.sqs_queue, Entries=entries)
+                extended += len(response.get("Successful", []))
+        return extended
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.providers.amazon.aws.hooks.sqs import SqsHook
+
+        failures = 0
+        while True:
+            try:
+                hook = SqsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+                async with await hook.get_async_conn() as client:
+                    while True:
+                        batch = await self.gather(client)
+                        failures = 0
+                        if batch:
+                            yield TriggerEvent({"status": "success", payload.MESSAGE_BATCH: batch})
+                            self.handed(batch)
+                        await self.hand_over(client)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception:
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                self.log.warning("SQS receive from %s failed; retrying in %ss", self.sqs_queue, delay, exc_info=True)
+                await asyncio.sleep(delay)
+
+
+class StreamingKafkaTrigger(BaseEventTrigger):
+    """Read assigned partitions forever from the committed offsets; one event per gathered batch; never commits.
+
+    Re-reads a partition from its committed offset when that offset has stood still behind the read position for
+    ``redelivery_seconds`` (its records were never settled). Records that did not fit an event open the next one.
+    Each record becomes ``apply_function(message, *apply_function_args, **apply_function_kwargs)`` (a dotted path;
+    it must return a JSON-safe value for every record: none is filtered out), by default ``payload.kafka_record``.
+    Arguments left ``None`` take their environment default (README.md).
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: Sequence[str],
+        kafka_config_id: str = "kafka_default",
+        apply_function: str | None = None,
+        apply_function_args: Sequence[Any] | None = None,
+        apply_function_kwargs: dict[str, Any] | None = None,
+        poll_timeout: float = 1.0,
+        max_messages_per_event: int | None = None,  # KAFKA_MESSAGES_PER_EVENT, 500
+        linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
+        partition_refresh_seconds: float = 60.0,
+        redelivery_seconds: float | None = None,  # KAFKA_REDELIVERY_SECONDS, 120
+        max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
+        max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB (built-in record form only)
+    ) -> None:
+        super().__init__()
+        self.topics = list(topics)
+        self.kafka_config_id = kafka_config_id
+        self.apply_function = apply_function
+        self.apply_function_args = list(apply_function_args or ())
+        self.apply_function_kwargs = dict(apply_function_kwargs or {})
+        self.poll_timeout = poll_timeout
+        self.max_messages_per_event = _pick(max_messages_per_event, _env_int, "KAFKA_MESSAGES_PER_EVENT", 500)
+        self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
+        self.partition_refresh_seconds = partition_refresh_seconds
+        self.redelivery_seconds = _pick(redelivery_seconds, _env_float, "KAFKA_REDELIVERY_SECONDS", 120.0)
+        self.max_event_bytes = _pick(max_event_bytes, _env_int, "MAX_EVENT_BYTES", 1024 * 1024)
+        self.max_message_bytes = _pick(
+            max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
+        )
+        self._convert: Callable[[Any], Any] | None = None
+        self._consumer: Any = None
+        self._from_beginning = True
+        self._last_event_at = 0.0
+        self._assigned: set[tuple[str, int]] = set()
+        self._carry: deque[Any] = deque()  # consumed, did not fit the last event: first in the next
+        self._unsettled: dict[tuple[str, int], tuple[int, float]] = {}  # behind: committed offset, unchanged since
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "topics": self.topics,
+                "kafka_config_id": self.kafka_config_id,
+                "apply_function": self.apply_function,
+                "apply_function_args": self.apply_function_args,
+                "apply_function_kwargs": self.apply_function_kwargs,
+                "poll_timeout": self.poll_timeout,
+                "max_messages_per_event": self.max_messages_per_event,
+                "linger_seconds": self.linger_seconds,
+                "partition_refresh_seconds": self.partition_refresh_seconds,
+                "redelivery_seconds": self.redelivery_seconds,
+                "max_event_bytes": self.max_event_bytes,
+                "max_message_bytes": self.max_message_bytes,
+            },
+        )
+
+    def _open(self) -> Any:
+        from event_streams.kafka_offsets import SafeKafkaConsumerHook
+
+        hook = SafeKafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
+        consumer = hook.get_conn  # no auto commit / offset store, explicit auto.offset.reset, a group.id
+        self._from_beginning = hook.from_beginning
+        return consumer
+
+    def _assign(self, consumer: Any, assigned: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Assign every partition of the topics (new ones included) at the group's committed offsets.
+
+        The committed offsets are fetched here, explicitly: on a fresh broker the group coordinator is not ready at
+        first (``NOT_COORDINATOR``), and an ``assign()`` left to fetch them itself then never starts reading. An error
+        raises, and ``run`` retries with back-off. A partition with no committed offset starts where the
+        connection's ``auto.offset.reset`` says.
+        """
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+
+        wanted: set[tuple[str, int]] = set()
+        for topic in self.topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            if meta.error is not None:
+                raise RuntimeError(f"topic {topic}: {meta.error}")
+            wanted |= {(topic, p) for p in meta.partitions}
+        new = sorted(wanted - assigned)
+        if new:
+            positions = consumer.committed([TopicPartition(t, p) for t, p in new], timeout=30)
+            for tp in positions:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                if tp.offset < 0:
+                    tp.offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
+            consumer.incremental_assign(positions)
+            self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
+        self._assigned = wanted
+        return wanted
+
+    def gather(self) -> list[Any]:
+        """Carried-over records, or block up to ``poll_timeout`` for the first one; then pack what follows (see
+        ``_pack_until``) up to the count and byte bounds."""
+        batch = _Batch(self._carry, self.max_messages_per_event, self.max_event_bytes, kafka_body_bytes)
+        if not batch.items:
+            batch.offer(self._take(1, self.poll_timeout))  # returns on the first record
+        if batch.items:
+            deadline = _pack_until(self._last_event_at, self.linger_seconds)
+            while not batch.full:
+                remaining = deadline - time.monotonic()
+                # until the batch is full or the deadline passes; after it, only what is already fetched
+                more = self._take(batch.room(), max(0.0, remaining))
+                batch.offer(more)
+                if remaining <= 0 or not more:
+                    break
+            self._last_event_at = time.monotonic()
+        return batch.items
+
+    def _record(self, message: Any) -> Any:
+        """The event's form of one consumed message: the apply function's result, or ``payload.kafka_record``."""
+        if self._convert is None:
+            if self.apply_function:
+                from airflow.providers.common.compat.module_loading import import_string
+
+                self._convert = import_string(self.apply_function)
+            else:
+                self._convert = lambda m: payload.kafka_record(m, self.max_message_bytes)
+        if self.apply_function:
+            return self._convert(message, *self.apply_function_args, **self.apply_function_kwargs)
+        return self._convert(message)
+
+    def _take(self, count: int, timeout: float) -> list[Any]:
+        """Up to ``count`` records: ``consume`` returns when it has them all or ``timeout`` has passed."""
+        from confluent_kafka import KafkaError
+
+        records = []
+        for m in self._consumer.consume(num_messages=count, timeout=timeout):
+            err = m.error()
+            if err is None:
+                records.append(self._record(m))
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise RuntimeError(f"fatal Kafka error: {err}")
+                self.log.warning("Kafka: %s (retrying)", err)
+        return records
+
+    def redeliver(self, now: float) -> list[tuple[str, int, int]]:
+        """Seek back to the committed offset of every partition where it has stood still behind the position for
+        ``redelivery_seconds``; returns ``(topic, partition, offset sought)``. ``now``: ``time.monotonic()``."""
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+
+        keys = sorted(self._assigned)
+        if not keys or self.redelivery_seconds <= 0:
+            return []
+        tps = [TopicPartition(t, p) for t, p in keys]
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._consumer.committed(tps, timeout=10) if tp.error is None}
+            position = {(tp.topic, tp.partition): tp.offset
+                        for tp in self._consumer.position(tps) if tp.error is None}
+        except KafkaException as exc:
+            self.log.warning("Kafka: committed offsets of %s not read (%s); retrying later", self.topics, exc)
+            return []
+        sought = []
+        for key in keys:
+            if key not in committed:
+                continue
+            done, read = committed[key], position.get(key, -1)
+            if read < 0 or read <= done:
+                self._unsettled.pop(key, None)  # everything read is settled
+                continue
+            seen = self._unsettled.get(key)
+            if seen is None or seen[0] != done:
+                self._unsettled[key] = (done, now)  # fell behind, or the committed offset moved: the clock starts
+                continue
+            stalled = now - seen[1]
+            if stalled < self.redelivery_seconds:
+                continue
+            target = done if done >= 0 else (OFFSET_BEGINNING if self._from_beginning else OFFSET_END)
+            try:
+                self._consumer.seek(TopicPartition(key[0], key[1], target))
+            except KafkaException as exc:
+                self.log.warning("Kafka: seek of %s/%s to %s failed (%s); retrying later", *key, target, exc)
+                continue
+            # carried records of this partition are read again (other shapes stay: duplicates, absorbed by the run)
+            self._carry = deque(r for r in self._carry
+                                if not isinstance(r, Mapping) or (r.get("topic"), r.get("partition")) != key)
+            self._unsettled[key] = (done, now)
+            self.log.warning("re-reading %s/%s from %s: not settled for %.0f s", key[0], key[1],
+                             done if done >= 0 else ("the beginning" if self._from_beginning else "the end"), stalled)
+            sought.append((key[0], key[1], target))
+        return sought
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        failures = 0
+        check_every = max(0.01, min(5.0, self.redelivery_seconds / 4))
+        while True:
+            try:
+                self._consumer = await sync_to_async(self._open)()
+                assigned = await sync_to_async(self._assign)(self._consumer, set())
+                refreshed = checked = time.monotonic()
+                while True:
+                    records = await sync_to_async(self.gather)()
+                    failures = 0
+                    if records:
+                        yield TriggerEvent({payload.SOURCE: payload.KAFKA_BATCH, payload.RECORDS: records})
+                    if time.monotonic() - refreshed > self.partition_refresh_seconds:
+                        assigned = await sync_to_async(self._assign)(self._consumer, assigned)
+                        refreshed = time.monotonic()
+                    if time.monotonic() - checked >= check_every:
+                        await sync_to_async(self.redeliver)(time.monotonic())
+                        checked = time.monotonic()
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception:
+                delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+                failures += 1
+                self.log.warning("Kafka read of %s failed; retrying in %ss", self.topics, delay, exc_info=True)
+                await self.cleanup()
+                await asyncio.sleep(delay)
+
+    async def cleanup(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        self._carry.clear()  # read again from the committed offsets by the next consumer
+        self._unsettled.clear()
+        self._assigned = set()
+        if consumer is not None:
+            try:
+                await sync_to_async(consumer.close)()
+            except Exception:
+                log.warning("closing the Kafka consumer failed", exc_info=True)
