@@ -271,7 +271,6 @@ def kafka_publisher(topic: str) -> Callable[[Sequence[Any]], None]:
 def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
     """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
     ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
-    from include.event_pipelines import watchers
     from include.event_pipelines.messages import raw_bytes
 
     if dead_letters:
@@ -293,7 +292,7 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
             )
         if producer.flush(30) or errors:
             raise RuntimeError(f"dead letters not acknowledged by {dlq_topic}: {errors[:3]}")
-    if watchers.uses_streaming_triggers():
+    if config.streaming_kafka():
         commit_kafka_offsets(envelopes)
 
 
