@@ -6,3 +6,9 @@ FROM astrocrpublic.azurecr.io/runtime:3.3-2
 # How long an idle scheduler naps between loops (default 1 s). It bounds how soon a new asset event becomes a DAG run
 # and how soon a queued run starts: 0.2 s takes about 1 s off publish -> run start (README "Performance").
 ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
+
+# This project's streaming watcher triggers (MessageQueueTrigger schemes sqs+stream and kafka+stream), as an installed
+# provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,
+# and Airflow discovers the schemes through its apache_airflow_provider entry point. Astro Runtime's ONBUILD steps have
+# already copied the project into /usr/local/airflow and installed requirements.txt (its dependencies) by now.
+RUN pip install --no-cache-dir /usr/local/airflow/providers/event-streams

@@ -11,7 +11,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
 .PHONY: venv test test-faults test-postgres test-unit model up down demo bench status clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(PYTHON) -r requirements-dev.txt
@@ -20,11 +20,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 ## venv: the project's virtualenv (.devstack/venv) with pinned requirements
 venv: $(VENV)/.installed
 
-## test: Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/
+## test: Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/ and providers/
 test: venv
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests --ignore=tests/faults
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests providers/event-streams/tests --ignore=tests/faults
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
@@ -34,9 +34,9 @@ test-faults: venv
 test-postgres: venv
 	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider tests/e2e
 
-## test-unit: only the logic in include/ (no Airflow process, no broker)
+## test-unit: only the logic in include/ and providers/event-streams (no Airflow process, no broker)
 test-unit: venv
-	$(PYTHON) -m pytest -p no:cacheprovider tests/unit
+	$(PYTHON) -m pytest -p no:cacheprovider tests/unit providers/event-streams/tests
 
 ## model: retrain the packaged failure classifier (deterministic; writes include/models/failure_classifier/v1)
 model: venv

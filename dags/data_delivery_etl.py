@@ -29,21 +29,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 from pendulum import datetime, duration
 
 from include.data_delivery_etl import hooks, settings
 from include.data_delivery_etl import pipeline as etl
-from include.event_pipelines import airflow_io, config, watchers
+from include.event_pipelines import airflow_io, config
 
 QUEUE_URL = config.sqs_queue_url(settings.DELIVERY_QUEUE)
 DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)
 
-# Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
-# WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
-# README "Delivery guarantees".
-delivery_trigger = watchers.sqs_watcher_trigger(QUEUE_URL)
+# Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
+# SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
+# reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
+delivery_trigger = MessageQueueTrigger(
+    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID
+)
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
 )

@@ -24,20 +24,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config, watchers
+from include.event_pipelines import airflow_io, config
 from include.inference_execution import hooks, settings
 from include.inference_execution.pipeline import answer_requests
 
 REQUEST_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REQUEST_QUEUE)
 REPLY_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REPLY_QUEUE)
 
-# Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
-# WATCHER_TRIGGERS=stock. The stock SQS trigger yields at most 10 messages and exits (~5 msg/s); figures in
-# README "Delivery guarantees".
-request_trigger = watchers.sqs_watcher_trigger(REQUEST_QUEUE_URL)
+# Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
+# SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
+# reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
+request_trigger = MessageQueueTrigger(
+    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID
+)
 inference_requests = Asset(
     "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]
 )

@@ -16,28 +16,33 @@ Example reading (schema: `include/iot_alerting/schemas.py:SensorReading`; rules:
 {"device_id": "pump-0042", "sensor": "temperature", "value": 81.5, "unit": "C", "ts": "2026-11-24T08:00:00Z"}
 ```
 
-Triggers and apply functions live in `include/`: the triggerer does not import from `dags/`.
+The streaming trigger is installed (`providers/event-streams`) and the apply function lives in `include/`: the
+triggerer does not import from `dags/`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, watchers
-from include.iot_alerting import hooks
-from include.iot_alerting import settings as config  # this pipeline's settings (topics); the watcher line reads it
+from include.event_pipelines import airflow_io, config
+from include.iot_alerting import hooks, settings
 from include.iot_alerting.pipeline import process_readings
 
-# Watcher trigger: this project's streaming trigger by default; MessageQueueTrigger (Astronomer's guide) with
-# WATCHER_TRIGGERS=stock. The stock Kafka trigger (AwaitMessageTrigger) commits the offset before the event is
-# stored, so a triggerer crash loses the record, and rejoins the consumer group for every record (~0.5 msg/s).
-# It cannot meet this project's guarantees; figures in README "Delivery guarantees".
-readings_trigger = watchers.kafka_watcher_trigger([config.IOT_READINGS_TOPIC])
+# Watcher trigger: the default scheme ("kafka+stream") is this project's streaming provider (providers/event-streams);
+# KAFKA_WATCHER_SCHEME=kafka is the stock provider (AwaitMessageTrigger, as in Astronomer's guide), which commits
+# before the event is stored (a triggerer crash loses the record); figures in README "Delivery guarantees".
+readings_trigger = MessageQueueTrigger(
+    scheme=config.KAFKA_WATCHER_SCHEME,
+    topics=[settings.IOT_READINGS_TOPIC],
+    apply_function="include.event_pipelines.messages.kafka_message_to_event",
+    kafka_config_id=config.KAFKA_CONN_ID,
+)
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
-source = airflow_io.KafkaSource(config.IOT_DLQ_TOPIC)
+source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)
 
 
 @dag(

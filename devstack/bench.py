@@ -43,7 +43,11 @@ from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
 
 DAG_OF = {"sqs": "inference_execution", "kafka": "iot_alerting"}
-MODE_OF = {"guide": "guide", "project": "stream"}
+# The watcher schemes of each settings: the stock provider triggers (the guide) or this project's streaming ones.
+SCHEMES_OF = {
+    "guide": {"SQS_WATCHER_SCHEME": "sqs", "KAFKA_WATCHER_SCHEME": "kafka"},
+    "project": {"SQS_WATCHER_SCHEME": "sqs+stream", "KAFKA_WATCHER_SCHEME": "kafka+stream"},
+}
 SUSTAINED_RATE = {"sqs": 250, "kafka": 625}  # 1.25 x the targets (200, 500): a rate we merely match says little
 SUSTAINED_SECONDS = 20
 LATENCY_RUN_WAIT_S = 90  # per message of the latency scenario (the guide's SQS trigger sleeps 60 s when idle)
@@ -209,10 +213,10 @@ def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios:
         for settings in settings_list:
             with tempfile.TemporaryDirectory(prefix=f"bench-{db}-{settings}-") as home:
                 stack = Stack(Path(home), db=db)
-                stack.env["WATCHER_TRIGGERS"] = MODE_OF[settings]
+                stack.env.update(SCHEMES_OF[settings])
                 try:
-                    print(f"starting the stack on {db} with {settings} settings "
-                          f"(WATCHER_TRIGGERS={MODE_OF[settings]})", flush=True)
+                    schemes = " ".join(f"{k}={v}" for k, v in SCHEMES_OF[settings].items())
+                    print(f"starting the stack on {db} with {settings} settings ({schemes})", flush=True)
                     stack.up()
                     if idle_seconds > 0:
                         time.sleep(10)  # let start-up work (first parses, first polls) settle

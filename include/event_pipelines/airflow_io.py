@@ -148,52 +148,24 @@ def map_batches(items: Sequence[Any], size: int) -> list[list[Any]]:
     return chunks(items, max(size, -(-len(items) // limit)))
 
 
-# --- SQS -----------------------------------------------------------------------------------------------------------
-def sqs_client() -> Any:
-    from airflow.providers.amazon.aws.hooks.sqs import SqsHook
-
-    return SqsHook(aws_conn_id=config.AWS_CONN_ID).get_conn()
+# --- SQS: the acknowledgement calls are the provider's (providers/event-streams, event_streams.sqs) ---------------
+def _handles(envelopes: Sequence[Envelope]) -> list[tuple[str, str]]:
+    return [(e.message_id, e.receipt_handle) for e in envelopes if e.source == "sqs" and e.receipt_handle]
 
 
-def delete_sqs_messages(queue_url: str, envelopes: Sequence[Envelope]) -> int:
-    """Acknowledge SQS messages (delete by receipt handle) once their effect is durable.
-
-    A receipt handle that is no longer valid (the message became visible again and was received anew) is logged,
-    not raised: that message will come back and the idempotent sinks absorb it.
-    """
-    handles = [(e.message_id, e.receipt_handle) for e in envelopes if e.source == "sqs" and e.receipt_handle]
-    if not handles:
-        return 0
-    client = sqs_client()
-    deleted = 0
-    for batch in chunks(handles, 10):
-        entries = [{"Id": str(i), "ReceiptHandle": rh} for i, (_, rh) in enumerate(batch)]
-        response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
-        deleted += len(response.get("Successful", []))
-        for failure in response.get("Failed", []):
-            mid = batch[int(failure["Id"])][0]
-            log.warning("message %s: not deleted (%s: %s); it will be redelivered and deduplicated",
-                        mid, failure.get("Code"), failure.get("Message"))
-    return deleted
-
-
-def extend_sqs_visibility(queue_url: str, envelopes: Sequence[Envelope], seconds: int) -> None:
+def extend_sqs_visibility(queue_url: str, envelopes: Sequence[Envelope], seconds: int) -> int:
     """Keep the run's messages invisible for ``seconds`` more (a message already deleted or re-received is skipped)."""
-    handles = [(e.message_id, e.receipt_handle) for e in envelopes if e.source == "sqs" and e.receipt_handle]
-    if not handles:
-        return
-    client = sqs_client()
-    for batch in chunks(handles, 10):
-        entries = [{"Id": str(i), "ReceiptHandle": rh, "VisibilityTimeout": seconds} for i, (_, rh) in enumerate(batch)]
-        response = client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
-        for failure in response.get("Failed", []):
-            log.warning("message %s: visibility not extended (%s)", batch[int(failure["Id"])][0], failure.get("Code"))
+    from event_streams import sqs
+
+    return sqs.change_visibility(queue_url, _handles(envelopes), seconds, aws_conn_id=config.AWS_CONN_ID)
 
 
 def settle_sqs(
     queue_url: str, dlq_url: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]
 ) -> None:
     """After the run's effects are committed: dead letters to the DLQ (body, reason, source id), then delete all."""
+    from event_streams import sqs
+
     if dead_letters:
         by_id = {e.message_id: e for e in envelopes}
         send_sqs_messages(
@@ -205,31 +177,20 @@ def settle_sqs(
                 if d["message_id"] in by_id
             ],
         )
-    delete_sqs_messages(queue_url, envelopes)
+    sqs.delete_messages(queue_url, _handles(envelopes), aws_conn_id=config.AWS_CONN_ID)
 
 
-def send_sqs_messages(queue_url: str, bodies: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
+def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
     """Send ``(id, body, string attributes)`` triples in batches of 10; raise if SQS refused any."""
-    client = sqs_client()
-    for batch in chunks(bodies, 10):
-        entries = [
-            {
-                "Id": str(i),
-                "MessageBody": body,
-                "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
-            }
-            for i, (_, body, attrs) in enumerate(batch)
-        ]
-        response = client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s) to {queue_url}: {response['Failed']}")
+    from event_streams import sqs
+
+    sqs.send_messages(queue_url, messages, aws_conn_id=config.AWS_CONN_ID)
 
 
 # --- Kafka ---------------------------------------------------------------------------------------------------------
 def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
     """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
     ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
-    from include.event_pipelines import watchers
     from include.event_pipelines.messages import raw_bytes
 
     if dead_letters:
@@ -251,15 +212,15 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
             )
         if producer.flush(30) or errors:
             raise RuntimeError(f"dead letters not acknowledged by {dlq_topic}: {errors[:3]}")
-    if watchers.uses_streaming_triggers():
+    if config.streaming_kafka():
         commit_kafka_offsets(envelopes)
 
 
 def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:
     """Record this run's offsets as settled and commit, per partition, the contiguous low watermark of settled
-    offsets for the connection's consumer group (``kafka_offsets.commit_settled``): never past a record that no run
+    offsets for the connection's consumer group (``event_streams.kafka_offsets.commit_settled``): never past a record that no run
     settled, never backwards."""
-    from include.event_pipelines.kafka_offsets import SafeKafkaConsumerHook, commit_settled
+    from event_streams.kafka_offsets import SafeKafkaConsumerHook, commit_settled
 
     topics = sorted({e.topic for e in envelopes if e.source == "kafka" and e.topic is not None})
     if not topics:

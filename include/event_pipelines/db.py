@@ -83,18 +83,6 @@ message_failures = Table(
     Column("failed_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
-# --- Kafka: offset ranges settled by runs (include/event_pipelines/kafka_offsets.py) ------------------------------
-kafka_settled = Table(  # the group's committed offset moves through these, contiguously; pruned once below it
-    "kafka_settled",
-    metadata,
-    Column("group_id", String(255), primary_key=True),
-    Column("topic", String(255), primary_key=True),
-    Column("partition", Integer, primary_key=True, autoincrement=False),
-    Column("start_offset", BigInteger, primary_key=True, autoincrement=False),
-    Column("end_offset", BigInteger, nullable=False),  # the offset after the range's last record
-)
-
-
 def ensure_schema(engine: Engine) -> None:
     """Create the tables defined on ``metadata`` (the shared ones and those of every pipeline module imported) if they
     are missing (idempotent; safe from concurrent tasks)."""

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
+from event_streams import payload
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from include.event_pipelines import config
@@ -53,7 +54,7 @@ class Envelope(BaseModel):
             message_id=str(message["MessageId"]),
             body=message.get("Body"),
             receipt_handle=message.get("ReceiptHandle"),
-            body_omitted_bytes=message.get("BodyOmittedBytes"),
+            body_omitted_bytes=message.get(payload.BODY_OMITTED_BYTES),
         )
 
 
@@ -73,41 +74,17 @@ def kafka_message_to_event(message: Any) -> dict[str, Any]:
     ``poll_interval``, dropping it silently. Validation happens in the DAG, where a bad record is dead-lettered
     with its reason and is visible in the task log.
     """
-    value: bytes | None = message.value()
-    body: str | None = None
-    body_b64: str | None = None
-    omitted = len(value) if value is not None and len(value) > MAX_BODY_BYTES else None
-    if value is not None and omitted is None:
-        try:
-            body = value.decode("utf-8")
-        except UnicodeDecodeError:
-            body_b64 = base64.b64encode(value).decode("ascii")
-    raw_key = message.key()
-    key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key
-    _, timestamp_ms = message.timestamp()
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    return Envelope(
-        source="kafka",
-        message_id=f"{topic}/{partition}/{offset}",
-        body=body,
-        body_b64=body_b64,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key,
-        broker_timestamp_ms=timestamp_ms if timestamp_ms and timestamp_ms > 0 else None,
-        body_omitted_bytes=omitted,
-    ).model_dump(exclude_none=True)
+    return Envelope.model_validate(payload.kafka_record(message, MAX_BODY_BYTES)).model_dump(exclude_none=True)
 
 
-def _payload_envelopes(payload: Any) -> list[Envelope]:
-    if isinstance(payload, Mapping) and "message_batch" in payload:  # SqsSensorTrigger
-        return [Envelope.from_sqs(m) for m in payload["message_batch"]]
-    if isinstance(payload, Mapping) and payload.get("source") == "kafka":  # kafka_message_to_event
-        return [Envelope.model_validate(payload)]
-    if isinstance(payload, Mapping) and payload.get("source") == "kafka_batch":  # StreamingKafkaTrigger
-        return [Envelope.model_validate(r) for r in payload["records"]]
-    raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {payload!r:.200}")
+def _payload_envelopes(event_payload: Any) -> list[Envelope]:
+    if isinstance(event_payload, Mapping) and payload.MESSAGE_BATCH in event_payload:  # both SQS triggers
+        return [Envelope.from_sqs(m) for m in event_payload[payload.MESSAGE_BATCH]]
+    if isinstance(event_payload, Mapping) and event_payload.get(payload.SOURCE) == "kafka":  # AwaitMessageTrigger
+        return [Envelope.model_validate(event_payload)]
+    if isinstance(event_payload, Mapping) and event_payload.get(payload.SOURCE) == payload.KAFKA_BATCH:  # streaming
+        return [Envelope.model_validate(r) for r in event_payload[payload.RECORDS]]
+    raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {event_payload!r:.200}")
 
 
 def envelopes_from_asset_events(events: Iterable[Any]) -> list[Envelope]:

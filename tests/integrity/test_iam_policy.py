@@ -2,7 +2,7 @@
 
 The actions are derived from the code, not listed from memory:
 
-* SQS: every method call under ``include/`` and ``plugins/`` whose name is an operation of botocore's SQS model
+* SQS: every method call under ``include/``, ``plugins/`` and ``providers/`` (the streaming triggers) whose name is an operation of botocore's SQS model
   (``botocore.xform_name`` of ``get_service_model("sqs").operation_names``: ``receive_message``,
   ``change_message_visibility_batch``, ``purge_queue``, ...), sync or ``await``-ed, plus operation names passed as
   strings to ``get_paginator`` / ``get_waiter``. IAM authorises a batch call with the action of the single call
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 # Where queue names are set: each SQS pipeline's settings.py.
 SETTINGS = tuple(ROOT / "include" / pipeline / "settings.py" for pipeline in ("data_delivery_etl", "inference_execution"))
-CODE_DIRS = (ROOT / "include", ROOT / "plugins")
+CODE_DIRS = (ROOT / "include", ROOT / "plugins", ROOT / "providers" / "event-streams" / "src")  # installed triggers
 ETL_DIR = ROOT / "include" / "data_delivery_etl"
 
 # Storage method of a path -> the S3 actions it needs when the path is s3:// (s3fs under ObjectStoragePath).
@@ -115,7 +115,7 @@ def _python_files(dirs: Iterable[Path]) -> list[Path]:
 
 
 def code_sqs_actions() -> dict[str, set[str]]:
-    """IAM action -> ``file:line`` of each SQS call under include/ and plugins/."""
+    """IAM action -> ``file:line`` of each SQS call under include/, plugins/ and providers/."""
     found: dict[str, set[str]] = {}
     for path in _python_files(CODE_DIRS):
         rel = str(path.relative_to(ROOT))
@@ -250,7 +250,7 @@ def test_policy_grants_every_sqs_action_the_code_calls(policy: dict) -> None:
 
 def test_policy_grants_no_sqs_action_the_code_does_not_call(policy: dict) -> None:
     extra = {a for a in grants(policy) if a.startswith("sqs:")} - set(code_sqs_actions())
-    assert not extra, f"README IAM policy grants SQS actions nothing under include/ or plugins/ calls: {sorted(extra)}"
+    assert not extra, f"README IAM policy grants SQS actions nothing in {[d.name for d in CODE_DIRS]} calls: {sorted(extra)}"
 
 
 def test_sqs_actions_are_on_the_right_queues(policy: dict) -> None:

@@ -1,43 +1,19 @@
 """Streaming watcher triggers: many messages per asset event, acknowledged only after the run's effect is durable.
 
-Why not the stock triggers behind ``MessageQueueTrigger`` (measured on this machine, see README "Delivery
-guarantees" and "Performance"):
-
-* ``SqsSensorTrigger`` yields one receive (at most 10 messages) and exits; the triggerer restarts it about 2 s
-  later, so a backlog drains at ~5 msg/s. With ``delete_message_on_reception=True`` (its default) a message is gone
-  before any run exists.
-* ``AwaitMessageTrigger`` commits the offset *before* the event is stored (a crash in between loses the record),
-  yields one record and exits: the consumer rejoins the group for every record (~0.5 msg/s here).
-* ``KafkaSharedStreamTrigger`` commits after the event is stored, but one record per event caps it at what the
-  triggerer can persist (~55-60 events/s on SQLite), and it cannot batch: a record counts as resolved as soon as
-  its filter pulls the next one.
-
-These triggers never exit. Each ``TriggerEvent`` carries up to ``max_messages_per_event`` messages and
-``max_event_bytes`` of message bodies (at least one message; what does not fit opens the next event), in the same
-payload shapes the pipelines already read (``message_batch`` for SQS, ``records`` for Kafka): after a quiet spell
-the first message goes out at once; in a stream, at most one event per ``linger_seconds`` (``_pack_until``).
-A body over the per-message limit is left out of the event (``BodyOmittedBytes`` / ``body_omitted_bytes``).
-Nothing is acknowledged here:
-
-* **SQS**: messages are received with a short ``visibility_timeout`` (20 s here). If the triggerer dies before the
-  event is stored, the messages reappear within it and are received again. Once the event has been stored (half
-  that timeout later), the trigger extends them to the run's budget (300 s), and so does the run's first task; the
-  run deletes each message once its effect is committed.
-* **Kafka**: the consumer uses ``assign()`` (no group membership) and starts from the group's committed offsets.
-  The run's last task commits the contiguous low watermark of settled offsets (``kafka_offsets``), never past a
-  record no run settled. When a partition's committed offset stands still behind the trigger's position for
-  ``redelivery_seconds`` (a run failed for good), the trigger seeks back to it and reads those records again.
-  After a triggerer restart, everything not yet committed is read again. Duplicates are absorbed by the
-  idempotent sinks.
-
-Transient broker errors are logged and retried with back-off inside the trigger instead of failing it, so an
-outage does not crash-loop the triggerer.
+They never exit. Each event carries up to ``max_messages_per_event`` messages and ``max_event_bytes`` of bodies:
+after a quiet spell the first message goes out at once; in a stream, at most one event per ``linger_seconds``.
+Nothing is acknowledged here: SQS messages are received with a short visibility timeout and extended to the run's
+budget once their event is stored (the run deletes them); Kafka partitions are read with ``assign()`` from the
+group's committed offsets, which only the run moves (``event_streams.kafka_offsets``). Broker errors are retried
+with back-off inside the trigger. Defaults of the tuning arguments come from the environment (README.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -46,11 +22,24 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from include.event_pipelines.messages import MAX_BODY_BYTES, kafka_message_to_event
+from event_streams import payload
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAYS = (1, 2, 5, 10)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.getenv(name, str(default)))
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.getenv(name, str(default)))
+
+
+def _pick(value: Any, read: Callable[[str, Any], Any], name: str, default: Any) -> Any:
+    """``value`` if given, else the environment variable ``name``, else ``default``."""
+    return read(name, default) if value is None else value
 
 
 def _pack_until(last_event_at: float, linger_seconds: float) -> float:
@@ -69,11 +58,14 @@ def sqs_body_bytes(message: Mapping[str, Any]) -> int:
     return len(message.get("Body", "").encode("utf-8"))
 
 
-def kafka_body_bytes(record: Mapping[str, Any]) -> int:
-    """The bytes the record's body takes in the event (base64 text for a body that is not UTF-8)."""
-    if record.get("body") is not None:
-        return len(record["body"].encode("utf-8"))
-    return len(record.get("body_b64") or "")
+def kafka_body_bytes(record: Any) -> int:
+    """The bytes the record's body takes in the event (base64 text for a body that is not UTF-8); for what an
+    ``apply_function`` returned in another shape, the size of its JSON."""
+    if isinstance(record, Mapping) and record.keys() & {"body", "body_b64", "body_omitted_bytes"}:
+        if record.get("body") is not None:
+            return len(record["body"].encode("utf-8"))
+        return len(record.get("body_b64") or "")
+    return len(json.dumps(record, default=str).encode("utf-8"))
 
 
 class _Batch:
@@ -118,8 +110,9 @@ class _Batch:
 class StreamingSqsTrigger(BaseEventTrigger):
     """Long-poll an SQS queue forever; one event per gathered batch; never deletes.
 
-    Received with a short ``visibility_timeout``; ``handover_after_seconds`` after their event went out, extended
-    to ``handover_visibility_timeout`` (the run's budget). Messages that did not fit an event open the next one.
+    Received with a short ``visibility_timeout``; ``handover_after_seconds`` (default: half of it) after their event
+    went out, extended to ``handover_visibility_timeout`` (the run's budget). Messages that did not fit an event
+    open the next one. Arguments left ``None`` take their environment default (README.md).
     """
 
     def __init__(
@@ -128,27 +121,33 @@ class StreamingSqsTrigger(BaseEventTrigger):
         sqs_queue: str,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
-        max_messages_per_event: int = 100,
-        linger_seconds: float = 0.25,
-        wait_time_seconds: int = 20,
-        visibility_timeout: int = 30,
-        handover_after_seconds: float = 10.0,
-        handover_visibility_timeout: int = 300,
-        max_event_bytes: int = 1024 * 1024,
-        max_message_bytes: int = MAX_BODY_BYTES,
+        max_messages_per_event: int | None = None,  # SQS_MESSAGES_PER_EVENT, 100
+        linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
+        wait_time_seconds: int | None = None,  # SQS_WAIT_TIME_SECONDS, 20
+        visibility_timeout: int | None = None,  # SQS_RECEIVE_VISIBILITY_TIMEOUT, 20
+        handover_after_seconds: float | None = None,  # visibility_timeout / 2
+        handover_visibility_timeout: int | None = None,  # SQS_VISIBILITY_TIMEOUT, 300
+        max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
+        max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB
     ) -> None:
         super().__init__()
         self.sqs_queue = sqs_queue
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
-        self.max_messages_per_event = max_messages_per_event
-        self.linger_seconds = linger_seconds
-        self.wait_time_seconds = wait_time_seconds
-        self.visibility_timeout = visibility_timeout
-        self.handover_after_seconds = handover_after_seconds
-        self.handover_visibility_timeout = handover_visibility_timeout
-        self.max_event_bytes = max_event_bytes
-        self.max_message_bytes = max_message_bytes
+        self.max_messages_per_event = _pick(max_messages_per_event, _env_int, "SQS_MESSAGES_PER_EVENT", 100)
+        self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
+        self.wait_time_seconds = _pick(wait_time_seconds, _env_int, "SQS_WAIT_TIME_SECONDS", 20)
+        self.visibility_timeout = _pick(visibility_timeout, _env_int, "SQS_RECEIVE_VISIBILITY_TIMEOUT", 20)
+        self.handover_after_seconds = (
+            self.visibility_timeout / 2 if handover_after_seconds is None else handover_after_seconds
+        )
+        self.handover_visibility_timeout = _pick(
+            handover_visibility_timeout, _env_int, "SQS_VISIBILITY_TIMEOUT", 300
+        )
+        self.max_event_bytes = _pick(max_event_bytes, _env_int, "MAX_EVENT_BYTES", 1024 * 1024)
+        self.max_message_bytes = _pick(
+            max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
+        )
         self._last_event_at = 0.0
         self._handed: deque[tuple[float, list[str]]] = deque()  # (yielded at, receipt handles), oldest first
         self._carry: deque[dict[str, Any]] = deque()  # received, did not fit the last event: first in the next
@@ -184,7 +183,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
             size = sqs_body_bytes(message)
             if size > self.max_message_bytes:  # never rides in an event; the run dead-letters it
                 del message["Body"]
-                message["BodyOmittedBytes"] = size
+                message[payload.BODY_OMITTED_BYTES] = size
             messages.append(message)
         return messages
 
@@ -243,7 +242,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
                         batch = await self.gather(client)
                         failures = 0
                         if batch:
-                            yield TriggerEvent({"status": "success", "message_batch": batch})
+                            yield TriggerEvent({"status": "success", payload.MESSAGE_BATCH: batch})
                             self.handed(batch)
                         await self.hand_over(client)
             except (asyncio.CancelledError, GeneratorExit):
@@ -260,6 +259,9 @@ class StreamingKafkaTrigger(BaseEventTrigger):
 
     Re-reads a partition from its committed offset when that offset has stood still behind the read position for
     ``redelivery_seconds`` (its records were never settled). Records that did not fit an event open the next one.
+    Each record becomes ``apply_function(message, *apply_function_args, **apply_function_kwargs)`` (a dotted path;
+    it must return a JSON-safe value for every record: none is filtered out), by default ``payload.kafka_record``.
+    Arguments left ``None`` take their environment default (README.md).
     """
 
     def __init__(
@@ -267,27 +269,38 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         *,
         topics: Sequence[str],
         kafka_config_id: str = "kafka_default",
-        max_messages_per_event: int = 500,
-        linger_seconds: float = 0.25,
+        apply_function: str | None = None,
+        apply_function_args: Sequence[Any] | None = None,
+        apply_function_kwargs: dict[str, Any] | None = None,
         poll_timeout: float = 1.0,
+        max_messages_per_event: int | None = None,  # KAFKA_MESSAGES_PER_EVENT, 500
+        linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
         partition_refresh_seconds: float = 60.0,
-        redelivery_seconds: float = 120.0,
-        max_event_bytes: int = 1024 * 1024,
+        redelivery_seconds: float | None = None,  # KAFKA_REDELIVERY_SECONDS, 120
+        max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
+        max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB (built-in record form only)
     ) -> None:
         super().__init__()
         self.topics = list(topics)
         self.kafka_config_id = kafka_config_id
-        self.max_messages_per_event = max_messages_per_event
-        self.linger_seconds = linger_seconds
+        self.apply_function = apply_function
+        self.apply_function_args = list(apply_function_args or ())
+        self.apply_function_kwargs = dict(apply_function_kwargs or {})
         self.poll_timeout = poll_timeout
+        self.max_messages_per_event = _pick(max_messages_per_event, _env_int, "KAFKA_MESSAGES_PER_EVENT", 500)
+        self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
         self.partition_refresh_seconds = partition_refresh_seconds
-        self.redelivery_seconds = redelivery_seconds
-        self.max_event_bytes = max_event_bytes
+        self.redelivery_seconds = _pick(redelivery_seconds, _env_float, "KAFKA_REDELIVERY_SECONDS", 120.0)
+        self.max_event_bytes = _pick(max_event_bytes, _env_int, "MAX_EVENT_BYTES", 1024 * 1024)
+        self.max_message_bytes = _pick(
+            max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
+        )
+        self._convert: Callable[[Any], Any] | None = None
         self._consumer: Any = None
         self._from_beginning = True
         self._last_event_at = 0.0
         self._assigned: set[tuple[str, int]] = set()
-        self._carry: deque[dict[str, Any]] = deque()  # consumed, did not fit the last event: first in the next
+        self._carry: deque[Any] = deque()  # consumed, did not fit the last event: first in the next
         self._unsettled: dict[tuple[str, int], tuple[int, float]] = {}  # behind: committed offset, unchanged since
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -296,17 +309,21 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             {
                 "topics": self.topics,
                 "kafka_config_id": self.kafka_config_id,
+                "apply_function": self.apply_function,
+                "apply_function_args": self.apply_function_args,
+                "apply_function_kwargs": self.apply_function_kwargs,
+                "poll_timeout": self.poll_timeout,
                 "max_messages_per_event": self.max_messages_per_event,
                 "linger_seconds": self.linger_seconds,
-                "poll_timeout": self.poll_timeout,
                 "partition_refresh_seconds": self.partition_refresh_seconds,
                 "redelivery_seconds": self.redelivery_seconds,
                 "max_event_bytes": self.max_event_bytes,
+                "max_message_bytes": self.max_message_bytes,
             },
         )
 
     def _open(self) -> Any:
-        from include.event_pipelines.kafka_offsets import SafeKafkaConsumerHook
+        from event_streams.kafka_offsets import SafeKafkaConsumerHook
 
         hook = SafeKafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
         consumer = hook.get_conn  # no auto commit / offset store, explicit auto.offset.reset, a group.id
@@ -342,7 +359,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self._assigned = wanted
         return wanted
 
-    def gather(self) -> list[dict[str, Any]]:
+    def gather(self) -> list[Any]:
         """Carried-over records, or block up to ``poll_timeout`` for the first one; then pack what follows (see
         ``_pack_until``) up to the count and byte bounds."""
         batch = _Batch(self._carry, self.max_messages_per_event, self.max_event_bytes, kafka_body_bytes)
@@ -360,7 +377,20 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             self._last_event_at = time.monotonic()
         return batch.items
 
-    def _take(self, count: int, timeout: float) -> list[dict[str, Any]]:
+    def _record(self, message: Any) -> Any:
+        """The event's form of one consumed message: the apply function's result, or ``payload.kafka_record``."""
+        if self._convert is None:
+            if self.apply_function:
+                from airflow.providers.common.compat.module_loading import import_string
+
+                self._convert = import_string(self.apply_function)
+            else:
+                self._convert = lambda m: payload.kafka_record(m, self.max_message_bytes)
+        if self.apply_function:
+            return self._convert(message, *self.apply_function_args, **self.apply_function_kwargs)
+        return self._convert(message)
+
+    def _take(self, count: int, timeout: float) -> list[Any]:
         """Up to ``count`` records: ``consume`` returns when it has them all or ``timeout`` has passed."""
         from confluent_kafka import KafkaError
 
@@ -368,7 +398,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         for m in self._consumer.consume(num_messages=count, timeout=timeout):
             err = m.error()
             if err is None:
-                records.append(kafka_message_to_event(m))
+                records.append(self._record(m))
             elif err.code() != KafkaError._PARTITION_EOF:
                 if err.fatal():
                     raise RuntimeError(f"fatal Kafka error: {err}")
@@ -413,7 +443,9 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             except KafkaException as exc:
                 self.log.warning("Kafka: seek of %s/%s to %s failed (%s); retrying later", *key, target, exc)
                 continue
-            self._carry = deque(r for r in self._carry if (r.get("topic"), r.get("partition")) != key)
+            # carried records of this partition are read again (other shapes stay: duplicates, absorbed by the run)
+            self._carry = deque(r for r in self._carry
+                                if not isinstance(r, Mapping) or (r.get("topic"), r.get("partition")) != key)
             self._unsettled[key] = (done, now)
             self.log.warning("re-reading %s/%s from %s: not settled for %.0f s", key[0], key[1],
                              done if done >= 0 else ("the beginning" if self._from_beginning else "the end"), stalled)
@@ -432,7 +464,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                     records = await sync_to_async(self.gather)()
                     failures = 0
                     if records:
-                        yield TriggerEvent({"source": "kafka_batch", "records": records})
+                        yield TriggerEvent({payload.SOURCE: payload.KAFKA_BATCH, payload.RECORDS: records})
                     if time.monotonic() - refreshed > self.partition_refresh_seconds:
                         assigned = await sync_to_async(self._assign)(self._consumer, assigned)
                         refreshed = time.monotonic()

@@ -5,7 +5,7 @@ order and some fail for good, so committing "highest offset + 1" would skip the 
 each run stores its settled offset ranges (``kafka_settled``), and the group's committed offset moves to the
 *contiguous low watermark*: from the committed offset through every stored range that starts at or before it.
 A record no run settled stops it; the watcher trigger re-reads from there once the committed offset has stood
-still behind its position for ``KAFKA_REDELIVERY_SECONDS``.
+still behind its position for ``redelivery_seconds``.
 
 Imported at run time only (trigger and task), never while a DAG file is parsed.
 """
@@ -13,17 +13,50 @@ Imported at run time only (trigger and task), never while a DAG file is parsed.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
 from confluent_kafka import KafkaException, TopicPartition
-from sqlalchemy import Engine, and_, delete, or_, select, text, update
-
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
+from sqlalchemy import (
+    BigInteger, Column, Engine, Integer, MetaData, String, Table, and_, delete, or_, select, text, update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+kafka_settled = Table(  # the group's committed offset moves through these, contiguously; pruned once below it
+    "kafka_settled",
+    metadata,
+    Column("group_id", String(255), primary_key=True),
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("start_offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("end_offset", BigInteger, nullable=False),  # the offset after the range's last record
+)
+
+
+class Envelope(Protocol):
+    """What ``settled_intervals`` reads of a settled message (any object with these attributes)."""
+
+    source: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create ``kafka_settled`` if it is missing (idempotent)."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def _insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(insert(table).on_conflict_do_nothing(), list(rows))
 
 Partition = tuple[str, int]
 Interval = tuple[int, int]  # [start, end): end is the offset after the last settled record
@@ -98,6 +131,9 @@ class SafeKafkaConsumerHook(KafkaConsumerHook):
         return self.effective_config["auto.offset.reset"] == "earliest"
 
 
+_schema_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 # --- committing ----------------------------------------------------------------------------------------------------
 def _lock(conn: Any, group_id: str) -> None:
     """Serialize committers of one group. SQLite: the first write of the transaction already holds the lock."""
@@ -106,13 +142,13 @@ def _lock(conn: Any, group_id: str) -> None:
 
 
 def _store(conn: Any, group_id: str, intervals: Mapping[Partition, Sequence[Interval]]) -> None:
-    t = db.kafka_settled
+    t = kafka_settled
     rows = [
         {"group_id": group_id, "topic": topic, "partition": partition, "start_offset": s, "end_offset": e}
         for (topic, partition), spans in intervals.items()
         for s, e in spans
     ]
-    db.insert_ignore(conn, t, rows)
+    _insert_ignore(conn, t, rows)
     for r in rows:  # the same start settled again with more records behind it: keep the longer range
         conn.execute(
             update(t)
@@ -123,7 +159,7 @@ def _store(conn: Any, group_id: str, intervals: Mapping[Partition, Sequence[Inte
 
 
 def _stored(conn: Any, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, list[Interval]]:
-    t = db.kafka_settled
+    t = kafka_settled
     keys = list(partitions)
     rows = conn.execute(
         select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset).where(
@@ -149,6 +185,9 @@ def commit_settled(
     intervals = settled_intervals(envelopes)
     if not intervals:
         return {}
+    if engine not in _schema_ready:
+        ensure_schema(engine)
+        _schema_ready.add(engine)
     keys = sorted(intervals)
     ahead: dict[Partition, int] = {}
     with engine.begin() as conn:
@@ -174,7 +213,7 @@ def commit_settled(
                 ahead[key] = new
         if ahead:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()], asynchronous=False)
-        t = db.kafka_settled
+        t = kafka_settled
         for key in keys:
             floor = max(ahead.get(key, -1), committed.get(key, -1))
             if floor >= 0:

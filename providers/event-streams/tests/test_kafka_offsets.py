@@ -5,6 +5,7 @@ and a partition's low watermark); the database is real SQLite."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,17 +14,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
-from include.event_pipelines.kafka_offsets import (
+from event_streams.kafka_offsets import (
     SafeKafkaConsumerHook,
     commit_settled,
+    kafka_settled,
     safe_consumer_config,
     settled_intervals,
     watermark,
 )
-from include.event_pipelines.messages import Envelope
 
 T = "iot-readings"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A settled message as ``settled_intervals`` reads it (the project's pydantic Envelope has these fields)."""
+
+    source: str
+    message_id: str
+    body: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
 
 
 def kafka(offsets: Any, partition: int = 0, topic: str = T) -> list[Envelope]:
@@ -54,7 +66,7 @@ class FakeGroup:
 
 
 def stored(engine: Engine) -> list[tuple[Any, ...]]:
-    t = db.kafka_settled
+    t = kafka_settled
     with engine.connect() as conn:
         return sorted(conn.execute(select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset)).all())
 
