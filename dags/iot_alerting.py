@@ -65,7 +65,7 @@ def iot_alerting() -> None:
     def evaluate_and_alert(messages: list[dict[str, Any]]) -> dict[str, Any]:
         """Apply the rules, publish state changes, persist state and readings; then dead letters and offsets."""
         envelopes = airflow_io.to_envelopes(messages)
-        publish = hooks.kafka_publisher(config.IOT_ALERTS_TOPIC)
+        publish = hooks.kafka_publisher(settings.IOT_ALERTS_TOPIC)
         outcome = process_readings(envelopes, airflow_io.engine(), publish, after_effect=airflow_io.fault_point)
         source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()

@@ -192,3 +192,29 @@ def test_dag_file_import_time_is_measured(file: str, report_line) -> None:
     seconds = float(timing)
     report_line(f"DAG import time {file:<28} {seconds * 1000:7.1f} ms (fresh interpreter, Airflow pre-imported)")
     assert not HEAVY_AT_RUN_TIME_ONLY & set(imported.split()), f"parsing {file} imports {imported}"
+
+
+@pytest.mark.parametrize("file", sorted(p.name for p in (ROOT / "dags").glob("*.py")))
+def test_every_module_attribute_a_dag_file_uses_exists(file: str) -> None:
+    """``settings.X`` / ``config.X`` / ``hooks.X`` inside task bodies run only in a task: parsing would not catch a
+    name that moved (it happened: ``config.IOT_ALERTS_TOPIC`` after the topics moved to the pipeline's settings)."""
+    import ast
+    import importlib
+
+    tree = ast.parse((ROOT / "dags" / file).read_text())
+    modules = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("include"):
+            for alias in node.names:
+                target = importlib.import_module(node.module)
+                value = getattr(target, alias.name, None)
+                if value is None:
+                    value = importlib.import_module(f"{node.module}.{alias.name}")
+                modules[alias.asname or alias.name] = value
+    missing = [
+        f"{node.value.id}.{node.attr} (line {node.lineno})"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+        and isinstance(modules[node.value.id], type(ast)) and not hasattr(modules[node.value.id], node.attr)
+    ]
+    assert not missing, f"{file} uses names its modules do not define: {missing}"
