@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-postgres test-unit model up down demo bench status clean
+.PHONY: venv test test-faults test-postgres test-copy test-unit model up down demo bench status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,20 +23,25 @@ venv: $(VENV)/.installed
 ## test: Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/ and providers/
 test: venv
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
-	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider tests providers/event-streams/tests --ignore=tests/faults
+	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/faults --ignore=tests/copy
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
-	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider tests/faults
+	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/faults
 
 ## test-postgres: the end-to-end tests again with Airflow on PostgreSQL (as `astro dev start`; needs Debian's postgresql)
 test-postgres: venv
-	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider tests/e2e
+	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/e2e
+
+## test-copy: README "Copy one pipeline into your project" done for iot_alerting in a fresh Astro scaffold, with its own
+## virtualenv: Astro's DAG integrity test there, then the pipeline's end-to-end test on the real stack running it
+test-copy: venv
+	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/copy
 
 ## test-unit: only the logic in include/ and providers/event-streams (no Airflow process, no broker)
 test-unit: venv
-	$(PYTHON) -m pytest -p no:cacheprovider tests/unit providers/event-streams/tests
+	$(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/unit providers/event-streams/tests
 
 ## model: retrain the packaged failure classifier (deterministic; writes include/models/failure_classifier/v1)
 model: venv

@@ -42,6 +42,9 @@ from devstack import brokers, postgres
 from devstack.settings import connection_env, dockerfile_env
 
 ROOT = Path(__file__).resolve().parents[1]
+# The Astro project the stack runs: this repository, or another one (the copy test runs a fresh scaffold with one
+# pipeline copied in): its dags/, plugins/, Dockerfile ENV lines and airflow_settings.yaml connections.
+PROJECT = Path(os.environ.get("DEVSTACK_PROJECT", ROOT)).resolve()
 STATE = Path(os.environ.get("DEVSTACK_HOME", ROOT / ".devstack")).resolve()
 RUN = STATE / "run"
 CACHE = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache")).resolve()  # jars: shared by stacks
@@ -53,7 +56,8 @@ API_PORT = int(os.environ.get("DEVSTACK_API_PORT", "8080"))
 DB = os.environ.get("DEVSTACK_DB", "sqlite")
 PG_DATA = STATE / "postgres"
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
-DAG_IDS = ("data_delivery_etl", "iot_alerting", "inference_execution")
+# The watcher-driven DAGs to unpause and wait for (DEVSTACK_DAG_IDS: comma-separated, for a project with fewer).
+DAG_IDS = tuple(os.environ.get("DEVSTACK_DAG_IDS", "data_delivery_etl,iot_alerting,inference_execution").split(","))
 LISTEN_HOST = brokers.HOST  # every server of the stack binds this (loopback) address only
 SQS_ENDPOINT = f"http://{brokers.HOST}:{brokers.SQS_PORT}"
 KAFKA_BOOTSTRAP = f"{brokers.HOST}:{brokers.KAFKA_PORT}"
@@ -116,15 +120,15 @@ def metadata_db_url() -> str:
 
 def airflow_env() -> dict[str, str]:
     """The environment of every Airflow process of the native stack (and of the publisher and the tests)."""
-    env = {**dockerfile_env(ROOT / "Dockerfile"), **os.environ}  # like a container's ENV: the environment overrides
-    env.update(connection_env(ROOT / "airflow_settings.yaml", sqlite_path=DATA / "events.db"))
+    env = {**dockerfile_env(PROJECT / "Dockerfile"), **os.environ}  # like a container's ENV: the environment overrides
+    env.update(connection_env(PROJECT / "airflow_settings.yaml", sqlite_path=DATA / "events.db"))
     env.update(
         {
             MARKER: str(STATE),
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(PROJECT),
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url(),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             # LocalExecutor starts `parallelism` workers: 32 by default, far too many for 2 cores.
@@ -138,7 +142,7 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__API__HOST": LISTEN_HOST,
             # Off by default; should someone enable it, its server binds this instead of 0.0.0.0.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LISTEN_HOST,
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
             # A triggerer that died hands its watchers to a new one after this long (default 30 s).
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
             "EVENTS_FAULTS_DIR": str(STATE / "faults"),
@@ -225,7 +229,7 @@ def start_component(name: str, env: dict[str, str]) -> int:
         return pid
     cmd = component_command(name)
     log = (RUN / f"airflow-{name}.log").open("ab")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
     return proc.pid
 
@@ -290,7 +294,7 @@ def up(timeout: float = 240) -> dict[str, str]:
     if DB == "postgres":
         endpoints["metadata_db"] = postgres.start(PG_DATA, RUN / "postgres.log")
     env = airflow_env()
-    subprocess.run([_airflow(), "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run([_airflow(), "db", "migrate"], cwd=PROJECT, env=env, check=True, capture_output=True)
     for name in COMPONENTS:
         start_component(name, env)
     try:
@@ -298,7 +302,7 @@ def up(timeout: float = 240) -> dict[str, str]:
         wait_until(lambda: set(DAG_IDS) <= set(watcher_status(env)["dags"]), timeout, "the DAGs to be parsed")
         paused = [d for d, p in watcher_status(env)["dags"].items() if p and d in DAG_IDS]
         for dag_id in paused:
-            subprocess.run([_airflow(), "dags", "unpause", dag_id], cwd=ROOT, env=env, check=True, capture_output=True)
+            subprocess.run([_airflow(), "dags", "unpause", dag_id], cwd=PROJECT, env=env, check=True, capture_output=True)
         wait_until(lambda: watcher_status(env)["watchers_running"] >= len(DAG_IDS), timeout,
                    "every asset watcher to run in the triggerer")
     except BaseException:

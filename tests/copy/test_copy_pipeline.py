@@ -1,0 +1,151 @@
+"""Copy one pipeline into a fresh Astro project exactly as README "Copy one pipeline into your project" says.
+
+The scaffold has the files `astro dev init` writes for Airflow 3 (Dockerfile, requirements.txt, packages.txt,
+airflow_settings.yaml, .astro/ with Astro's DAG integrity test, dags/ with an example DAG, include/, plugins/, tests/);
+the test copies the README's list for ``iot_alerting``, adds its requirement and Dockerfile lines and its
+connections, builds a virtualenv from the scaffold's own requirements.txt (and the Dockerfile's provider install),
+runs Astro's integrity test there, then the pipeline's end-to-end test on the real stack running the scaffold.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = "iot_alerting"
+
+# What `astro dev init` writes (Astro CLI 1.x, Airflow 3), with contents reduced to what the test needs; Astro's
+# two tests are the ones this repository keeps (fixed for Airflow 3.3.2).
+SCAFFOLD = {
+    "Dockerfile": "FROM astrocrpublic.azurecr.io/runtime:3.3-2\n",
+    "requirements.txt": "# Astro Runtime includes the following pre-installed providers packages: "
+                        "https://www.astronomer.io/docs/astro/runtime-image-architecture#provider-packages\n",
+    "packages.txt": "",
+    ".dockerignore": "astro\n.git\n.env\nairflow_settings.yaml\nlogs/\n.venv\nairflow.db\nairflow.cfg\n",
+    ".gitignore": ".git\n.env\n.DS_Store\nairflow_settings.yaml\n__pycache__/\nastro\n.venv\nairflow-webserver.pid\n"
+                  "webserver_config.py\nairflow.cfg\nairflow.db\n",
+    ".env": "",
+    "README.md": "Overview\n========\n\nWelcome to Astronomer!\n",
+    "airflow_settings.yaml": "airflow:\n  connections: []\n  pools: []\n  variables: []\n",
+    ".astro/config.yaml": "project:\n  name: copied-project\n",
+    "dags/.airflowignore": "",
+    "dags/exampledag.py": '''"""
+## Example DAG (the scaffold's own)
+"""
+from airflow.sdk import dag, task
+from pendulum import datetime
+
+
+@dag(start_date=datetime(2025, 4, 22), schedule="@daily", catchup=False, doc_md=__doc__,
+     default_args={"owner": "Astro", "retries": 3}, tags=["example"])
+def example_astronauts():
+    @task
+    def get_astronauts() -> list[dict]:
+        return [{"craft": "ISS", "name": "Oleg Kononenko"}]
+
+    get_astronauts()
+
+
+example_astronauts()
+''',
+    "include/.gitkeep": "",
+    "plugins/.gitkeep": "",
+}
+FROM_THIS_REPO = (".astro/test_dag_integrity_default.py", ".astro/dag_integrity_exceptions.txt",
+                  "tests/dags/test_dag_example.py")
+
+
+def copy_list(pipeline: str) -> dict:
+    """The README's block for ``pipeline`` (after ``<!-- copy:<pipeline> -->``)."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- copy:{pipeline} -->\s*```yaml\n(.*?)```", text, re.S)
+    assert match, f"README has no copy list for {pipeline}"
+    return yaml.safe_load(match.group(1))[pipeline]
+
+
+def make_project(dest: Path, pipeline: str) -> dict:
+    for name, content in SCAFFOLD.items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text(content)
+    for name in FROM_THIS_REPO:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    example_test = dest / "tests/dags/test_dag_example.py"  # Astro's approves every tag; this repository lists its own
+    text = example_test.read_text()
+    assert "APPROVED_TAGS = {" in text
+    example_test.write_text(re.sub(r"APPROVED_TAGS = \{[^}]*\}", "APPROVED_TAGS = {}", text))
+    spec = copy_list(pipeline)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache")
+    for path in spec["files"]:
+        src = ROOT / path
+        assert src.exists(), f"README lists {path}, which does not exist"
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest / path, ignore=ignore, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, dest / path)
+    with (dest / "requirements.txt").open("a") as f:
+        f.write("\n".join(spec["requirements"]) + "\n")
+    with (dest / "Dockerfile").open("a") as f:
+        f.write("\n".join(spec["dockerfile"]) + "\n")
+    ours = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())["airflow"]["connections"]
+    settings = yaml.safe_load((dest / "airflow_settings.yaml").read_text())
+    settings["airflow"]["connections"] = [c for c in ours if c["conn_id"] in spec["connections"]]
+    assert [c["conn_id"] for c in settings["airflow"]["connections"]] == spec["connections"]
+    (dest / "airflow_settings.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return spec
+
+
+def make_venv(project: Path) -> Path:
+    """The scaffold's own virtualenv: Airflow, its requirements.txt, and what its Dockerfile RUN line installs."""
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    venv = project / ".venv"
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    python = venv / "bin" / "python"
+    dockerfile_installs = [line.split("/usr/local/airflow/", 1)[1] for line in (project / "Dockerfile").read_text()
+                           .splitlines() if line.startswith("RUN pip install")]
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(python), "apache-airflow==3.3.2", "pytest==9.2.0",
+                    "-r", str(project / "requirements.txt"), *[str(project / p) for p in dockerfile_installs]],
+                   check=True, cwd=project)
+    return python
+
+
+def test_one_pipeline_copied_into_a_fresh_astro_project_passes_astro_checks_and_runs_end_to_end(
+    tmp_path: Path, report_line
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    spec = make_project(project, PIPELINE)
+    python = make_venv(project)
+    copied = [p for p in project.rglob("*") if p.is_file() and ".venv" not in p.parts]
+    shipped = [p for p in copied if not any(str(p.relative_to(project)).startswith(n) for n in (*SCAFFOLD, *FROM_THIS_REPO))]
+
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "home"), "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(project)}
+    astro = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                            ".astro/test_dag_integrity_default.py", "tests/dags"],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert astro.returncode == 0, astro.stdout[-3000:] + astro.stderr[-3000:]
+    astro_summary = astro.stdout.strip().splitlines()[-1]
+
+    if not (shutil.which("java") and shutil.which("mvn")):
+        pytest.fail("java and mvn are needed for the end-to-end part") if os.environ.get("CI") else pytest.skip("no java")
+    e2e_env = {**os.environ, "DEVSTACK_PROJECT": str(project), "DEVSTACK_DAG_IDS": PIPELINE,
+               "AIRFLOW_HOME": str(tmp_path / "e2e-home"), "PYTHONPATH": str(ROOT)}
+    e2e = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                          "tests/e2e/test_pipelines_e2e.py", "-k", "iot"],
+                         cwd=ROOT, env=e2e_env, capture_output=True, text=True, timeout=1200)
+    assert e2e.returncode == 0, e2e.stdout[-5000:] + e2e.stderr[-3000:]
+    e2e_summary = e2e.stdout.strip().splitlines()[-1]
+    assert "1 passed" in e2e_summary
+    report_line(f"copy {PIPELINE}: {len(spec['files'])} paths ({len(shipped)} files), "
+                f"{len(spec['requirements'])} requirement lines, {len(spec['dockerfile'])} Dockerfile lines, "
+                f"connections {spec['connections']}; Astro's tests: {astro_summary}; e2e from the scaffold: {e2e_summary}")
