@@ -14,8 +14,8 @@ batches of `ETL_BATCH_SIZE` (one mapped task each). Loaded tables update the `ev
 
 Delivery: messages are received **without deletion**; the run keeps them invisible for `SQS_VISIBILITY_TIMEOUT`
 seconds and deletes each by receipt handle only after its load/quarantine is committed (a bad message first goes
-to `data-deliveries-dlq` with its reason). A run that dies leaves its messages to reappear; the queue's redrive
-policy sends a message that keeps failing to `data-deliveries-dlq`.
+to `data-deliveries-dlq` with its reason). A run that fails for good gives its messages back; after
+`MAX_FAILED_RUNS` failed runs a message is dead-lettered with the error (README "Runs that fail for good").
 
 Example message (schema: `include/data_delivery_etl/schemas.py:DeliveryNotice`):
 

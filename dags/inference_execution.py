@@ -10,7 +10,8 @@ Predictions go to `inference_predictions` (keyed on `request_id`), then one repl
 
 SQS because requests are independent jobs: per-message acknowledgement, a visibility timeout sized to the run,
 and a redrive policy to `inference-requests-dlq` are exactly a work queue's needs, and no ordering is required.
-`max_active_runs=4`: runs overlap, each with its own messages.
+`max_active_runs=4`: runs overlap, each with its own messages. A run that fails for good gives its requests back;
+after `MAX_FAILED_RUNS` failed runs a request is dead-lettered with the error (README "Runs that fail for good").
 
 Example request (schema: `include/inference_execution/schemas.py:InferenceRequest`):
 

@@ -6,7 +6,9 @@ timestamp order per device, against a rule per sensor type with **hysteresis** (
 only past a second one on the safe side), using per-device state kept in the `iot_device_state` table between
 runs. State changes publish `raised` / `cleared` events to `iot-alerts`, keyed by device, each with a
 `dedup_key`; readings that trip nothing publish nothing. Bad readings go to `iot-readings-dlq` (original bytes,
-headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are committed after all that.
+headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are committed after all that,
+never past a reading no run settled; the readings of a run that fails for good are read again, and dead-lettered
+with the error after `MAX_FAILED_RUNS` failed runs (README "Runs that fail for good").
 
 `max_active_runs=1`: device state is applied in order, one run at a time.
 
