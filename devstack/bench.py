@@ -145,11 +145,14 @@ def workloads(stack: Stack, broker: str, scale: float) -> dict[str, Callable[[],
 # --------------------------------------------------------------------------------------------------- checks
 
 
-def _group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (a component and its children)."""
+def _group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds used so far by a process group (a component and its children): user + system time of every live
+    member plus the time of the members' children that have exited and been reaped (cutime + cstime). Without the
+    latter, a child that exits between two samples (the dag-processor's parsing processes do) takes its seconds
+    with it, and the difference can come out negative."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -157,7 +160,7 @@ def _group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the ")" of the command name
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
     return total / tick
 
 

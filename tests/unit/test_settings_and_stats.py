@@ -50,3 +50,26 @@ def test_native_runner_applies_the_dockerfile_airflow_config(tmp_path: Path) -> 
         "FROM x\nENV AIRFLOW__A__B=1 OTHER=2 AIRFLOW__C__D='two words'\nenv AIRFLOW__E__F 3 4\n# ENV AIRFLOW__G__H=5\n"
     )
     assert dockerfile_env(dockerfile) == {"AIRFLOW__A__B": "1", "AIRFLOW__C__D": "two words", "AIRFLOW__E__F": "3 4"}
+
+
+def test_idle_cpu_of_a_group_keeps_the_seconds_of_children_that_exited(tmp_path: Path) -> None:
+    """A child that exits between two samples moves its CPU time into its parent's cutime/cstime: the group's total
+    must not drop (the benchmark once printed dag-processor: -2.6 % of a core)."""
+    import os
+
+    from devstack.bench import _group_cpu_seconds
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def proc(members: dict[int, tuple[int, int, int, int]], pgrp: int = 42) -> Path:
+        root = tmp_path / f"proc{len(list(tmp_path.iterdir()))}"
+        for pid, (utime, stime, cutime, cstime) in members.items():
+            (root / str(pid)).mkdir(parents=True)
+            fields = ["S", "1", str(pgrp)] + ["0"] * 8 + [str(utime), str(stime), str(cutime), str(cstime)] + ["0"] * 5
+            (root / str(pid) / "stat").write_text(f"{pid} (airflow dag-processor) " + " ".join(fields))
+        (root / "self").mkdir(parents=True)
+        return root
+
+    before = _group_cpu_seconds(42, proc({42: (100, 50, 0, 0), 43: (30, 10, 0, 0)}))
+    after = _group_cpu_seconds(42, proc({42: (101, 50, 30, 10)}))  # 43 exited and was reaped by 42
+    assert before == 190 / tick and after == 191 / tick
