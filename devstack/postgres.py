@@ -49,6 +49,24 @@ def _run(cmd: list[str], what: str) -> None:
         raise PostgresError(f"{what} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
 
 
+def _ensure_owner() -> None:
+    """As root, the server runs as the ``postgres`` user (PostgreSQL refuses to run as root). Debian's package creates
+    it on install, but a machine image can carry the package without the user: create a system user then."""
+    import grp
+    import pwd
+
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        try:
+            grp.getgrnam("postgres")
+            group = ["--gid", "postgres"]  # the group can outlive the user
+        except KeyError:
+            group = ["--user-group"]
+        subprocess.run(["useradd", "--system", *group, "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        "postgres"], check=True, capture_output=True, timeout=60)
+
+
 def _let_postgres_through(directory: Path) -> None:
     """The ``postgres`` user must reach the cluster: add the search bit (only that: no listing) to any ancestor
     directory lacking it, e.g. a 0700 temporary directory of the benchmark or the tests."""
@@ -79,6 +97,7 @@ def start(data: Path, log: Path, port: int = PORT) -> str:
     log.parent.mkdir(parents=True, exist_ok=True)
     log.touch()
     if os.geteuid() == 0:
+        _ensure_owner()
         _let_postgres_through(data.parent)
         shutil.chown(data, "postgres", "postgres")
         shutil.chown(log, "postgres", "postgres")
