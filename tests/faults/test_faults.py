@@ -376,7 +376,10 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
             db.dead_letters.c.message_id.in_([r["message_id"] for r in iot3 + inf3]))).scalars())
     assert all(r.startswith("failed for good in 2 runs (limit 2); last error: task ") for r in reasons), reasons
     assert wait_for(lambda: _settled_to_the_end(stack, "iot-readings"), timeout=120), stack.kafka_offsets("iot-readings")
-    assert stack.queue_depth("inference-requests") == 0
+    # Copies given back by the last failed run may still be on their way through one more run, which dead-letters
+    # (again, idempotently) and deletes them: the queue ends empty.
+    assert wait_for(lambda: stack.queue_depth("inference-requests") == 0, timeout=180, interval=2), \
+        f"{stack.queue_depth('inference-requests')} request(s) left on the queue"
     report_line(f"faults {'run failed for good x2 (limit 2)':<34} iot 10 + inference 10 dead-lettered with the task "
                 f"error, 10 + 10 good after them processed; failing phase {took3:.0f}s, dead-lettered "
                 f"{time.time() - started:.0f}s after the fault cleared; committed offsets at the end of the topic")
