@@ -59,20 +59,15 @@ source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)
 )
 def iot_alerting() -> None:
     @task
-    def collect_readings(**context: Any) -> list[dict[str, Any]]:
-        """Every Kafka record of this run (one asset event per record, all coalesced events)."""
-        return airflow_io.run_messages(context, readings, source)
-
-    @task
-    def evaluate_and_alert(messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """Apply the rules, publish state changes, persist state and readings; then dead letters and offsets."""
-        envelopes = airflow_io.to_envelopes(messages)
+    def evaluate_and_alert(**context: Any) -> dict[str, Any]:
+        """Every record of this run (all coalesced asset events): apply the rules, publish state changes, persist
+        state and readings; then dead letters and offsets. One task, so a run costs one task process."""
+        envelopes = airflow_io.to_envelopes(airflow_io.run_messages(context, readings, source))
         publish = hooks.kafka_publisher(settings.IOT_ALERTS_TOPIC)
         outcome = process_readings(envelopes, airflow_io.engine(), publish, after_effect=airflow_io.fault_point)
         source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()
 
-    evaluate_and_alert(collect_readings())
-
+    evaluate_and_alert()
 
 iot_alerting()
