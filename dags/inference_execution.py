@@ -1,12 +1,14 @@
 """
 ## Inference execution (Amazon SQS)
 
-Prediction requests arrive on the `inference-requests` queue. Each run loads the model **once per task** and
-answers every request of its batch in one call: the packaged scikit-learn failure classifier
-(`include/models/failure_classifier/v1`, trained by `include/inference_execution/train.py` on generated
-data), or a remote endpoint named by the `inference_endpoint` connection when `INFERENCE_BACKEND=http`.
-Predictions go to `inference_predictions` (keyed on `request_id`), then one reply per request is sent to
-`inference-replies` with the request id as `correlation_id`, then the requests are deleted.
+Prediction requests arrive on the `inference-requests` queue. The first task answers up to
+`INFERENCE_BATCH_SIZE` (1,000) requests itself, so a lone request costs one task; a larger run maps the rest, one
+task per batch. Each batch is one model call: the packaged scikit-learn failure classifier
+(`include/models/failure_classifier/v1`, trained by `include/inference_execution/train.py` on generated data, and
+pre-loaded by `plugins/inference_execution_plugin.py` so task processes inherit it), or a remote endpoint named by
+the `inference_endpoint` connection when `INFERENCE_BACKEND=http`. Predictions go to `inference_predictions`
+(keyed on `request_id`), then one reply per request is sent to `inference-replies` with the request id as
+`correlation_id`, then the requests are deleted.
 
 SQS because requests are independent jobs: per-message acknowledgement, a visibility timeout sized to the run,
 and a redrive policy to `inference-requests-dlq` are exactly a work queue's needs, and no ordering is required.
@@ -60,23 +62,28 @@ source = airflow_io.SqsSource(REQUEST_QUEUE_URL, config.sqs_queue_url(settings.I
 )
 def inference_execution() -> None:
     @task
-    def collect_requests(**context: Any) -> list[list[dict[str, Any]]]:
-        """Every request of this run, in batches of at most `INFERENCE_BATCH_SIZE` (one mapped task each)."""
+    def answer_first_batch(**context: Any) -> list[list[dict[str, Any]]]:
+        """Take every request of this run and answer the first `INFERENCE_BATCH_SIZE` here (a lone request needs no
+        second task); return the rest in batches, one `answer_batch` task each (none, and skipped, most of the time)."""
         messages = airflow_io.run_messages(context, inference_requests, source, produced_at_field="submitted_at")
-        return airflow_io.map_batches(messages, settings.INFERENCE_BATCH_SIZE)
+        answer(messages[: settings.INFERENCE_BATCH_SIZE])
+        return airflow_io.map_batches(messages[settings.INFERENCE_BATCH_SIZE :], settings.INFERENCE_BATCH_SIZE)
 
     @task
     def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        """Load the model once, answer every request, store, reply, then delete the requests."""
-        envelopes = airflow_io.to_envelopes(batch)
-        outcome = answer_requests(
-            envelopes, airflow_io.engine(), hooks.predictor(), hooks.sqs_reply_sender(REPLY_QUEUE_URL),
-            after_effect=airflow_io.fault_point,
-        )
-        source.settle(envelopes, outcome.dead_letters)
-        return outcome.as_dict()
+        return answer(batch)
 
-    answer_batch.expand(batch=collect_requests())
+    answer_batch.expand(batch=answer_first_batch())
 
+
+def answer(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """With the model loaded once per process: answer every request, store, reply, then delete the requests."""
+    envelopes = airflow_io.to_envelopes(batch)
+    outcome = answer_requests(
+        envelopes, airflow_io.engine(), hooks.predictor(), hooks.sqs_reply_sender(REPLY_QUEUE_URL),
+        after_effect=airflow_io.fault_point,
+    )
+    source.settle(envelopes, outcome.dead_letters)
+    return outcome.as_dict()
 
 inference_execution()

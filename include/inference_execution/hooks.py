@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import Any
 
 from include.event_pipelines.airflow_io import send_sqs_messages
 from include.inference_execution import settings
 
 
+log = logging.getLogger(__name__)
+
+
+@cache
+def local_model() -> Any:
+    """The packaged model, loaded (scikit-learn imported, SHA-256 checked) once per process."""
+    from include.inference_execution.model import LocalModelPredictor
+
+    return LocalModelPredictor.load()
+
+
+def warm_up() -> None:
+    """Load the local model now, in a process whose forks run tasks (plugins/inference_execution_plugin.py): each
+    task then inherits it instead of importing scikit-learn and loading it. Never raises: a task loads it itself."""
+    if settings.INFERENCE_BACKEND != "local":
+        return
+    try:
+        log.info("inference model pre-loaded: %s", local_model().version)
+    except Exception:
+        log.exception("pre-loading the inference model failed; each task will load it")
+
+
 def predictor(backend: str = settings.INFERENCE_BACKEND) -> Any:
-    from include.inference_execution.model import HttpEndpointPredictor, LocalModelPredictor
+    from include.inference_execution.model import HttpEndpointPredictor
 
     if backend == "local":
-        return LocalModelPredictor.load()
+        return local_model()
     if backend == "http":
         from airflow.providers.http.hooks.http import HttpHook
 

@@ -223,7 +223,7 @@ def _messages_of_retried_runs(stack: Stack, dag_id: str, task_id: str) -> set[st
 
 def _tries(airflow, run_ids: list[str]) -> int:
     sql = text("SELECT MIN(try_number) FROM task_instance WHERE dag_id = 'inference_execution'"
-               " AND task_id = 'answer_batch' AND run_id IN :r").bindparams(bindparam("r", expanding=True))
+               " AND task_id = 'answer_first_batch' AND run_id IN :r").bindparams(bindparam("r", expanding=True))
     with airflow.connect() as conn:
         return conn.execute(sql, {"r": run_ids}).scalar_one() or 0
 

@@ -132,3 +132,28 @@ def test_the_core_imports_no_pipeline() -> None:
         f"{path.relative_to(ROOT)}: {name}" for path in files for name in project_imports(path) if owner(name) != CORE
     )
     assert not bad, f"the core imports outside itself: {bad}"
+
+
+PLUGIN_FILES = sorted((ROOT / "plugins").glob("*.py"))
+
+
+@pytest.mark.parametrize("plugin", PLUGIN_FILES, ids=lambda p: p.name)
+def test_a_plugin_imports_the_core_and_at_most_the_pipeline_it_is_named_after(plugin: Path) -> None:
+    pipeline = plugin.stem.removesuffix("_plugin")
+    allowed = {CORE} | ({f"include.{pipeline}"} if pipeline in PIPELINES else set())
+    bad = sorted(n for n in project_imports(plugin) if owner(n) not in allowed)
+    assert not bad, f"{plugin.name} imports outside {sorted(allowed)}: {bad}"
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_readme_copy_list_has_the_plugins_a_pipeline_needs(pipeline: str) -> None:
+    """The shared plugin (listener, pre-imports) and the pipeline's own plugin, if it has one, are in its copy list."""
+    import re
+
+    import yaml
+
+    block = re.search(rf"<!-- copy:{pipeline} -->\s*```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, f"README has no copy list for {pipeline}"
+    files = set(yaml.safe_load(block.group(1))[pipeline]["files"])
+    needed = {f"plugins/{p.name}" for p in PLUGIN_FILES if p.stem in ("event_pipelines_plugin", f"{pipeline}_plugin")}
+    assert "plugins/event_pipelines_plugin.py" in needed and needed <= files, sorted(needed - files)

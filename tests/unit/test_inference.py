@@ -312,3 +312,30 @@ def test_two_threads_reusing_a_request_id_with_other_features_give_one_answer_an
         (f"msg-{loser}", "duplicate request_id req-race: already used with different features")]
     with engine.connect() as conn:
         assert conn.execute(select(db.dead_letters.c.message_id)).scalars().all() == [f"msg-{loser}"]
+
+
+def test_the_model_is_loaded_once_per_process_and_a_failed_warm_up_is_only_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from include.inference_execution import hooks
+    from include.inference_execution.model import LocalModelPredictor
+
+    hooks.local_model.cache_clear()
+    loads: list[int] = []
+    real_load = LocalModelPredictor.load.__func__  # type: ignore[attr-defined]
+
+    def counting_load(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(1)
+        return real_load(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LocalModelPredictor, "load", classmethod(counting_load))
+    hooks.warm_up()
+    assert hooks.predictor("local") is hooks.predictor("local") and len(loads) == 1
+
+    hooks.local_model.cache_clear()
+    monkeypatch.setattr(LocalModelPredictor, "load", classmethod(lambda cls: (_ for _ in ()).throw(OSError("gone"))))
+    hooks.warm_up()  # the scheduler keeps running; a task then loads the model itself (and fails visibly)
+    assert "pre-loading the inference model failed" in caplog.text
+    with pytest.raises(OSError):
+        hooks.predictor("local")
+    hooks.local_model.cache_clear()
