@@ -10,12 +10,14 @@ with Airflow on PostgreSQL (`DEVSTACK_DB=postgres`), what `astro dev start` uses
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 
 from devstack import publish
+from devstack.summary import message_runs
 from devstack.testing import Stack
 from include.data_delivery_etl import tables as etl_tables
 
@@ -45,6 +47,30 @@ def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: S
     assert report.outputs["quarantined"] == 2  # the missing file and the truncated file
     assert report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(poison) - 2
     assert stack.queue_depth("data-deliveries") == 0, "every message is deleted once its effect is durable"
+    # Each task that loaded rows announced them on the events_db.orders asset; the poison-only runs announced nothing.
+    airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    consumed = message_runs(airflow, "data_delivery_etl")
+    good_runs = {consumed[r["message_id"]][0] for r in good}
+    poison_only = {consumed[r["message_id"]][0] for r in poison} - good_runs
+    announced = orders_events(airflow, good_runs | poison_only)
+    assert sum(e["rows_loaded"] for e in announced.values()) == 12
+    assert sorted(d for e in announced.values() for d in e["deliveries_loaded"]) == sorted(r["id"] for r in good)
+    assert not set(announced) & poison_only, "a run that loaded nothing emitted an orders event"
+
+
+def orders_events(airflow, run_ids: set[str]) -> dict[str, dict]:
+    """run_id -> the extra of each ``events_db.orders`` asset event a run of the ETL emitted (summed per run)."""
+    sql = text("SELECT e.source_run_id, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id"
+               " WHERE a.name = 'events_db.orders' AND e.source_dag_id = 'data_delivery_etl'")
+    out: dict[str, dict] = {}
+    with airflow.connect() as conn:
+        for run_id, extra in conn.execute(sql):
+            if run_id in run_ids:
+                extra = json.loads(extra) if isinstance(extra, str) else extra
+                total = out.setdefault(run_id, {"rows_loaded": 0, "deliveries_loaded": []})
+                total["rows_loaded"] += extra["rows_loaded"]
+                total["deliveries_loaded"] += extra["deliveries_loaded"]
+    return out
 
 
 def test_iot_publishes_exactly_the_expected_alert_transitions(stack: Stack) -> None:
