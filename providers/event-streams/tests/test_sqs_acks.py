@@ -1,0 +1,54 @@
+"""``event_streams.sqs``: one client per process and connection, and the batch calls' outcomes."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from event_streams import sqs
+
+
+class FakeSqs:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.calls.append(("delete", Entries))
+        failed = [{"Id": e["Id"], "Code": "ReceiptHandleIsInvalid"} for e in Entries if e["ReceiptHandle"] == "stale"]
+        return {"Successful": [e for e in Entries if e["ReceiptHandle"] != "stale"], "Failed": failed}
+
+
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str | None]]:
+    made: list[tuple[str | None, str | None]] = []
+
+    class Hook:
+        def __init__(self, aws_conn_id: str | None, region_name: str | None) -> None:
+            self.key = (aws_conn_id, region_name)
+
+        def get_conn(self) -> FakeSqs:
+            made.append(self.key)
+            return FakeSqs()
+
+    import airflow.providers.amazon.aws.hooks.sqs as hooks
+
+    monkeypatch.setattr(hooks, "SqsHook", Hook)
+    monkeypatch.setattr(sqs, "_clients", {})
+    return made
+
+
+def test_a_process_makes_one_client_per_connection(made: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = sqs.client("aws_default")
+    assert sqs.client("aws_default") is first and sqs.client("other") is not first
+    assert made == [("aws_default", None), ("other", None)]
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # a forked child: its own client, not its parent's sockets
+    assert sqs.client("aws_default") is not first and len(made) == 3
+
+
+def test_deletes_go_in_batches_of_ten_and_a_stale_handle_is_only_logged(made: list) -> None:
+    handles = [(f"m{i}", "stale" if i == 13 else f"rh{i}") for i in range(25)]
+    assert sqs.delete_messages("q", handles) == 24
+    fake = sqs.client("aws_default")
+    assert [len(entries) for _, entries in fake.calls] == [10, 10, 5]
