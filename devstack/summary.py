@@ -82,11 +82,13 @@ def message_runs(airflow: Engine, dag_id: str) -> dict[str, tuple[str, datetime 
 
 
 def timeline(airflow_url: str, dag_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
-    """message id -> first asset event time and the run (queued, started, ended, state) that consumed it; and how
-    many asset events carried each message."""
+    """message id -> first asset event time and the run (queued, started, its first task started, ended, state)
+    that consumed it; and how many asset events carried each message."""
     engine = create_engine(airflow_url)
     sql = text(
-        "SELECT e.extra, e.timestamp, r.queued_at, r.start_date, r.end_date, r.state FROM asset_event e"
+        "SELECT e.extra, e.timestamp, r.queued_at, r.start_date, r.end_date, r.state,"
+        " (SELECT MIN(t.start_date) FROM task_instance t WHERE t.dag_id = r.dag_id AND t.run_id = r.run_id)"
+        " FROM asset_event e"
         " JOIN dag_schedule_asset_reference s ON s.asset_id = e.asset_id AND s.dag_id = :d"
         " LEFT JOIN dagrun_asset_event a ON a.event_id = e.id LEFT JOIN dag_run r ON r.id = a.dag_run_id"
         " ORDER BY e.timestamp"
@@ -94,13 +96,13 @@ def timeline(airflow_url: str, dag_id: str) -> tuple[dict[str, dict[str, Any]], 
     out: dict[str, dict[str, Any]] = {}
     deliveries: dict[str, int] = {}
     with engine.connect() as conn:  # one row per asset event (only this DAG consumes the asset)
-        for extra, ts, queued, start, end, state in conn.execute(sql, {"d": dag_id}):
+        for extra, ts, queued, start, end, state, task in conn.execute(sql, {"d": dag_id}):
             extra = json.loads(extra) if isinstance(extra, str) else extra
             for env in envelopes_from_asset_events([extra]):
                 deliveries[env.message_id] = deliveries.get(env.message_id, 0) + 1
                 row = out.setdefault(env.message_id, {"event": _t(ts)})
                 if start is not None and row.get("start") is None:
-                    row.update(queued=_t(queued), start=_t(start), end=_t(end), state=state)
+                    row.update(queued=_t(queued), start=_t(start), task=_t(task), end=_t(end), state=state)
     return out, deliveries
 
 
