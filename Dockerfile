@@ -7,6 +7,12 @@ FROM astrocrpublic.azurecr.io/runtime:3.3-2
 # and how soon a queued run starts: 0.2 s takes about 1 s off publish -> run start (README "Performance").
 ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
 
+# A task whose process died (with LocalExecutor, task processes are the scheduler's children: a killed scheduler takes
+# them along) stays "running" until its last heartbeat is this old; then it is failed and retried. The default, 300 s,
+# blocked iot_alerting (max_active_runs=1) for five minutes after a scheduler crash. A task's supervisor heartbeats
+# every few seconds, so 60 s is a dozen missed heartbeats.
+ENV AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
+
 # This project's streaming watcher triggers (MessageQueueTrigger schemes sqs+stream and kafka+stream), as an installed
 # provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,
 # and Airflow discovers the schemes through its apache_airflow_provider entry point. Astro Runtime's ONBUILD steps have

@@ -1,21 +1,25 @@
-"""``make bench``: event-to-run latency and throughput on the real local stack, guide settings vs this project's.
+"""``make bench``: publish -> run start -> effect, and throughput, on the real local stack, guide settings vs this
+project's.
 
 For each metadata database (``--db``: SQLite, the embedded default; PostgreSQL, what ``astro dev start`` runs) and
 each settings (``guide``: ``MessageQueueTrigger`` with the provider's defaults, as in Astronomer's guide;
 ``project``: this project's streaming triggers) a fresh native stack is started, and for each broker (SQS through
-``inference_execution``, Kafka through ``iot_alerting``) three workloads are published by long-lived clients:
+``inference_execution``, Kafka through ``iot_alerting``) workloads are published by long-lived clients:
 
 * ``latency``: single messages into a system at rest (each one after the previous one's run finished, at a random
-  phase); p50/p95/max of publish -> DAG run start;
+  phase);
 * ``burst``: ``1000 x scale`` messages at once; ``max_s`` is first publish -> last run finished;
-* ``sustained``: a steady rate (SQS 250/s, Kafka 625/s: 1.25 x the targets) for 20 s; ``msgs_per_s`` is the rate into
-  asset events (first publish -> last asset event), ``event_p95_s`` says whether the triggers kept up.
+* ``sustained``: a steady rate (SQS 375/s, Kafka 1,250/s: 1.25 x the targets; ``--rate``) for 20 s;
+* ``mixed``: ``make demo``'s traffic, the three pipelines at once (one row per pipeline).
 
-Every hop comes from Airflow's own records (``asset_event.timestamp``, ``dag_run.queued_at/start_date/end_date``)
-and the publisher's timestamps. A message counts as ``lost`` if no run processed it within the scenario's bounded
-wait (``timed_out`` says the wait ran out); ``duplicated`` counts extra deliveries (asset events) of a message.
-Before the workloads, with the stack idle, the CPU of each Airflow component is sampled (``--idle`` seconds); the
-DAG folder's parse time is measured once, in a fresh interpreter.
+Per message: publish -> asset event -> run queued -> run started -> first task started -> effect, from Airflow's own
+records (``asset_event.timestamp``, ``dag_run``, ``task_instance``) and the publisher's timestamps. The effect is
+the reply received by a client listening on the reply queue (inference; also when SQS stamped it sent), else the
+end of the run (every pipeline acknowledges in its last task, after its sink write). Rates: into asset events, and
+into effects (messages with their effect / first publish -> last effect). A message counts as ``lost`` if no run
+processed it within the scenario's bounded wait (``timed_out``); ``duplicated`` counts extra deliveries (asset
+events), ``reply_duplicates`` extra replies. Before the workloads, with the stack idle, the CPU of each Airflow
+component is sampled (``--idle`` seconds); the DAG folder's parse time is measured once, in a fresh interpreter.
 
 Writes ``bench/results.json`` (the rows) and ``bench/checks.json`` (parse times, idle CPU, machine) and prints both.
 Bounded: every wait has a deadline; each stack is stopped at the end, whatever happens.
@@ -188,8 +192,8 @@ def measure(stack: Stack, db: str, broker: str, records: list[dict[str, Any]], s
     return row
 
 
-def workloads(stack: Stack, broker: str, scale: float,
-              replies: ReplyListener | None) -> dict[str, Callable[[], list[dict[str, Any]]]]:
+def workloads(stack: Stack, broker: str, scale: float, replies: ReplyListener | None,
+              rates: dict[str, float]) -> dict[str, Callable[[], list[dict[str, Any]]]]:
     producer = publish.make_producer(stack.bootstrap) if broker == "kafka" else None
     sqs = stack.sqs() if broker == "sqs" else None
 
@@ -209,7 +213,7 @@ def workloads(stack: Stack, broker: str, scale: float,
             records += one
         return records
 
-    rate = SUSTAINED_RATE[broker]
+    rate = rates.get(broker, SUSTAINED_RATE[broker])
     return {
         "latency": latency,
         "burst": lambda: pub(max(10, int(1000 * scale)), 0, f"burst{broker}{int(time.time())}"),
@@ -300,7 +304,8 @@ def machine() -> dict[str, Any]:
 
 
 def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios: list[str], scale: float,
-        wait: float, idle_seconds: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        wait: float, idle_seconds: float, rates: dict[str, float] | None = None,
+        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     idle: list[dict[str, Any]] = []
     for db in dbs:
@@ -321,7 +326,7 @@ def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios:
                     with ReplyListener(stack) as replies:
                         for broker in brokers:
                             listener = replies if broker == "sqs" else None
-                            for scenario, make in workloads(stack, broker, scale, listener).items():
+                            for scenario, make in workloads(stack, broker, scale, listener, rates or {}).items():
                                 if scenario in scenarios:
                                     rows.append(measure(stack, db, broker, make(), scenario, settings, wait,
                                                         replies=listener))
@@ -407,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", nargs="+", default=["latency", "burst", "sustained", "mixed"],
                         choices=["latency", "burst", "sustained", "mixed"])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every message count")
+    parser.add_argument("--rate", nargs=2, action="append", metavar=("BROKER", "PER_S"), default=[],
+                        help=f"sustained publish rate of a broker (default {SUSTAINED_RATE})")
     parser.add_argument("--wait", type=float, default=120, help="seconds each scenario may take to finish")
     parser.add_argument("--idle", type=float, default=30, help="seconds of idle CPU sampling per stack (0: skip)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -420,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     started = time.monotonic()
     checks: dict[str, Any] = {"machine": machine(), "parse": parse_time()}
-    rows, checks["idle"] = run(args.db, args.settings, args.brokers, args.scenarios, args.scale, args.wait, args.idle)
+    rates = {broker: float(per_s) for broker, per_s in args.rate}
+    rows, checks["idle"] = run(args.db, args.settings, args.brokers, args.scenarios, args.scale, args.wait, args.idle,
+                               rates)
     checks_out = args.out.with_name("checks.json")
     if args.keep and args.out.exists():
         rerun = {(d, s) for d in args.db for s in args.settings}

@@ -41,7 +41,9 @@ SQS_PORT = 9324
 HOST = "127.0.0.1"
 
 # Topics the pipeline uses: name -> partitions (replication factor is always 1 on a single node).
-TOPICS: dict[str, int] = {"iot-readings": 3, "iot-alerts": 3, "iot-readings-dlq": 1}
+# Six partitions: readings are keyed by device, so order holds per device whatever the partition count; more than
+# one partition per consumer keeps the offset watermark honest per partition (docker-compose.override.yml: the same).
+TOPICS: dict[str, int] = {"iot-readings": 6, "iot-alerts": 6, "iot-readings-dlq": 1}
 
 KAFKA_MAIN = "kafka.Kafka"
 KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs in Kafka 4.x
@@ -259,7 +261,9 @@ def kafka_properties(data_dir: Path, port: int = KAFKA_PORT, controller_port: in
         "default.replication.factor": 1,
         "min.insync.replicas": 1,
         "offsets.topic.replication.factor": 1,
-        "offsets.topic.num.partitions": 3,
+        # One partition of __consumer_offsets: its coordinator is loaded by warm_group_coordinator at start, not by
+        # the first commit of a run (which then waited ~8 s for "coordinator load in progress").
+        "offsets.topic.num.partitions": 1,
         "transaction.state.log.replication.factor": 1,
         "transaction.state.log.min.isr": 1,
         "share.coordinator.state.topic.replication.factor": 1,
@@ -532,6 +536,27 @@ def wait_sqs_ready(endpoint: str, timeout: float, queues: Iterable[str] = ()) ->
     raise BrokerError(f"SQS at {endpoint} not ready within {timeout:.0f}s (last: {last})")
 
 
+def warm_group_coordinator(bootstrap: str, timeout: float) -> None:
+    """Commit one offset for a throwaway group, retrying until it succeeds: that creates ``__consumer_offsets`` and
+    loads its coordinator, which a fresh broker does on the first commit (several seconds)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "devstack-warm-up", "enable.auto.commit": False,
+                         "log_level": 2})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition("iot-readings-dlq", 0, 0)], asynchronous=False)
+                return
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"Kafka's group coordinator not ready within {timeout:.0f}s: {exc}") from exc
+                time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
 def create_topics(bootstrap: str, topics: Mapping[str, int] = TOPICS, timeout: float = 30) -> list[str]:
     """Create ``{name: partitions}`` with replication factor 1; existing topics are left as they are.
 
@@ -616,6 +641,7 @@ def up(
             except BrokerError as exc:
                 raise BrokerError(f"{exc}\n--- {data_dir / f'{name}.log'} (tail) ---\n{log_tail(data_dir / f'{name}.log')}") from exc
         create_topics(bootstrap, TOPICS)
+        warm_group_coordinator(bootstrap, timeout)
     except BaseException:
         for pid_file in started:
             stop_pid(pid_file)
