@@ -47,7 +47,9 @@ test-unit: venv
 model: venv
 	$(PYTHON) -m include.inference_execution.train --version v1
 
-## up: real Kafka + ElasticMQ + Airflow (scheduler, dag-processor, triggerer, api-server), DAGs unpaused; stays up
+## up: real Kafka + ElasticMQ + Airflow (scheduler, dag-processor, triggerer, api-server), DAGs unpaused; stays up.
+## DEVSTACK_PROFILE=ha make up: the scale-out profile instead (2 schedulers, 2 triggerers, 2 Celery workers on a private
+## Redis, PostgreSQL; needs Debian's redis-server and postgresql); `make down` stops it like the default one
 up: venv
 	$(PYTHON) -m devstack.stack up
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import demo, publish
-from devstack.stack import COMPONENTS
+from devstack.stack import components
 from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
 
@@ -262,7 +262,8 @@ def _group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
 def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
     """% of one core used by each Airflow component (with its children) while nothing is published."""
     run = Path(stack.info["DEVSTACK_RUN"])
-    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in COMPONENTS}
+    names = components(stack.info.get("DEVSTACK_PROFILE", "default"))  # the profile that stack was started with
+    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in names}
     before = {n: _group_cpu_seconds(g) for n, g in pgids.items()}
     time.sleep(seconds)
     return {n: round(100 * (_group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}

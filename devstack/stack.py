@@ -4,6 +4,7 @@
     python -m devstack.stack down     # stops everything it started, by PID, whatever state it is in
     python -m devstack.stack status
     DEVSTACK_DB=postgres python -m devstack.stack up   # Airflow on a private PostgreSQL server instead of SQLite
+    DEVSTACK_PROFILE=ha python -m devstack.stack up    # scale-out: 2 schedulers, 2 triggerers, 2 Celery workers
 
 Each Airflow component is its own process in its own session (so ``down`` signals the whole group: LocalExecutor
 workers, API workers), with a PID file and a log in ``.devstack/run``. Every process carries
@@ -21,6 +22,11 @@ The JWT secret of the components is in ``<state>/jwt_secret`` (mode 0600) and ne
 else named like a secret and connections with a password (``printable_env``).
 
 Connections come from ``airflow_settings.yaml`` with only the hosts overridden (``devstack.settings``).
+
+``DEVSTACK_PROFILE=ha`` (``HA_COMPONENTS``, ``ha_env``) runs what a scale-out deployment runs: two schedulers, two
+triggerers and two Celery workers (CeleryExecutor; broker: a private Redis server, ``devstack.redis``; results: the
+metadata database), always on PostgreSQL. ``down`` stops every component it finds a PID file for, whatever the
+profile is now.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import brokers, postgres
+from devstack import brokers, postgres, redis
 from devstack.settings import connection_env, dockerfile_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +61,22 @@ API_PORT = int(os.environ.get("DEVSTACK_API_PORT", "8080"))
 # a private server from Debian's packages, see devstack/postgres.py). The pipelines' own sink stays `events_db`.
 DB = os.environ.get("DEVSTACK_DB", "sqlite")
 PG_DATA = STATE / "postgres"
+# Which processes run: "default" (one of each, LocalExecutor) or "ha" (scale-out with CeleryExecutor and Redis,
+# on PostgreSQL whatever DEVSTACK_DB says: SQLite takes one writer, and the schedulers need row-level locks).
+PROFILE = os.environ.get("DEVSTACK_PROFILE", "default")
+REDIS_DATA = STATE / "redis"
+# The default profile's components (devstack.bench and the tests read it); `components()` gives the active profile's.
 COMPONENTS = ("scheduler", "dag-processor", "triggerer", "api-server")
+# "-2" runs a second copy: schedulers and triggerers share the work through the database (row locks, trigger
+# assignment), Celery workers through the broker's queue. One dag-processor and one API server, as on Astro.
+HA_COMPONENTS = ("scheduler", "scheduler-2", "dag-processor", "triggerer", "triggerer-2", "worker", "worker-2",
+                 "api-server")
+PROFILES: dict[str, tuple[str, ...]] = {"default": COMPONENTS, "ha": HA_COMPONENTS}
+# Task processes per Celery worker: 2 workers x 4 = 8 slots, the two schedulers' [core] parallelism (4 each).
+WORKER_CONCURRENCY = 4
+# Stop order of `down`, by kind: nothing new is scheduled or deferred first; workers finish (or are killed with) their
+# tasks before the API server they report to goes.
+STOP_ORDER = ("scheduler", "triggerer", "dag-processor", "worker", "api-server")
 # The watcher-driven DAGs to unpause and wait for (DEVSTACK_DAG_IDS: comma-separated, for a project with fewer).
 DAG_IDS = tuple(os.environ.get("DEVSTACK_DAG_IDS", "data_delivery_etl,iot_alerting,inference_execution").split(","))
 LISTEN_HOST = brokers.HOST  # every server of the stack binds this (loopback) address only
@@ -110,12 +131,80 @@ def _secret() -> str:
     return secret
 
 
+def components(profile: str | None = None) -> tuple[str, ...]:
+    """The Airflow components of a profile (the active one, ``DEVSTACK_PROFILE``, by default)."""
+    profile = PROFILE if profile is None else profile
+    if profile not in PROFILES:
+        raise StackError(f"DEVSTACK_PROFILE={profile!r}: use one of {', '.join(PROFILES)}")
+    return PROFILES[profile]
+
+
+def component_kind(name: str) -> str:
+    """``scheduler-2`` -> ``scheduler``: a numbered copy runs the same command as the first one."""
+    return re.sub(r"-\d+$", "", name)
+
+
+def metadata_db() -> str:
+    """The metadata database the stack runs on: the HA profile forces PostgreSQL."""
+    return "postgres" if PROFILE == "ha" else DB
+
+
 def metadata_db_url() -> str:
-    if DB == "postgres":
+    db = metadata_db()
+    if db == "postgres":
         return postgres.url()
-    if DB != "sqlite":
-        raise StackError(f"DEVSTACK_DB={DB!r}: use sqlite or postgres")
+    if db != "sqlite":
+        raise StackError(f"DEVSTACK_DB={db!r}: use sqlite or postgres")
     return f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
+
+
+def ha_env() -> dict[str, str]:
+    """What the HA profile adds to ``airflow_env``: ``fixed`` always wins (what makes it this profile), ``tunables``
+    are defaults the caller's environment may override (a fault test may want other bounds)."""
+    fixed = {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": redis.url(),
+        # Task states go to the metadata database (the provider's recommendation), not to the broker: one server
+        # less to keep, and the database is already the HA deployment's shared state.
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{postgres.url()}",
+        # Flower is not started; should someone run `airflow celery flower`, it binds loopback, not 0.0.0.0.
+        "AIRFLOW__CELERY__FLOWER_HOST": LISTEN_HOST,
+        # Two schedulers are safe only with SELECT ... FOR UPDATE (the default; never to be turned off here).
+        "AIRFLOW__SCHEDULER__USE_ROW_LEVEL_LOCKING": "True",
+    }
+    tunables = {
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        # One message reserved per free process: a killed worker holds back no task it had not started yet, and a
+        # busy worker does not sit on tasks the other one could run.
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        # Ack a task's message when the task ends, not when it is received: a worker killed mid-task leaves the
+        # message unacknowledged in Redis, and the broker hands it to the other worker (the provider's default,
+        # pinned here because redelivery depends on it).
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        # Workers record STARTED: a scheduler adopting a dead scheduler's tasks finds them by their Celery state.
+        "AIRFLOW__CELERY__TASK_TRACK_STARTED": "True",
+        # Redis has no acks of its own: kombu keeps a delivered message in an "unacked" set, and puts it back on the
+        # queue once it is older than visibility_timeout (the provider's default is 24 h: a killed worker's task
+        # would wait a day). 30 s bounds redelivery; a task running longer than that is delivered a second time,
+        # which the provider drops (the task-instance is already running: TaskAlreadyRunningError -> Ignore).
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "30",
+        # ...but the sweep that puts messages back runs every unacked_restore_interval (10 s) x
+        # unacked_restore_throttle (every 10th call) = 100 s by default in kombu 5.7: every 5 s instead, so a killed
+        # worker's unstarted task is back on the queue within 30 + 5 s (< 60 s) for the surviving worker.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__UNACKED_RESTORE_INTERVAL": "5",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__UNACKED_RESTORE_THROTTLE": "1",
+        # The sweep holds a lock in Redis that expires after 300 s: a worker killed while holding it would stop
+        # every sweep for 5 minutes. A sweep takes milliseconds; 10 s is ample.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__UNACKED_MUTEX_EXPIRE": "10",
+        # A task that had started when its worker died stays "running" in the database (its redelivered message
+        # is dropped as above) until its heartbeat is this old; then it is failed and retried. The task's
+        # supervisor heartbeats every 5 s ([workers] min_heartbeat_interval): 60 s is 12 missed beats (default 300).
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        # A scheduler whose heartbeat is older than [scheduler] scheduler_health_check_threshold (30 s) is dead;
+        # the other one adopts its queued and running tasks at this interval (default 300 s).
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+    }
+    return {**tunables, **{k: os.environ[k] for k in tunables if k in os.environ}, **fixed}
 
 
 def airflow_env() -> dict[str, str]:
@@ -156,6 +245,8 @@ def airflow_env() -> dict[str, str]:
             "KAFKA_BOOTSTRAP": KAFKA_BOOTSTRAP,
         }
     )
+    if PROFILE == "ha":
+        env.update(ha_env())
     return env
 
 
@@ -196,7 +287,8 @@ def printable_env(env: dict[str, str]) -> dict[str, str]:
 def env_json() -> dict[str, str]:
     """What ``env-json`` prints (``devstack.testing`` reads it): the stack's environment without secrets, and where
     its data and logs are."""
-    return {**printable_env(airflow_env()), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN), "DEVSTACK_DB": DB}
+    return {**printable_env(airflow_env()), "DEVSTACK_DATA": str(DATA), "DEVSTACK_RUN": str(RUN),
+            "DEVSTACK_DB": metadata_db(), "DEVSTACK_PROFILE": PROFILE}
 
 
 def _airflow() -> str:
@@ -204,18 +296,24 @@ def _airflow() -> str:
 
 
 def component_command(name: str) -> list[str]:
-    """The command line of one Airflow component.
+    """The command line of one Airflow component (``scheduler-2`` runs what ``scheduler`` runs).
 
-    ``--skip-serve-logs``: the scheduler's and the triggerer's log servers bind every interface (``serve_logs``
-    hard-codes the host; ``[logging] worker_log_server_port`` / ``trigger_log_server_port`` set only the port). The
-    API server runs on this machine and reads the log files directly, so they are not started at all.
+    ``--skip-serve-logs``: the scheduler's, the triggerer's and the Celery worker's log servers bind every interface
+    (``serve_logs`` hard-codes the host; ``[logging] worker_log_server_port`` / ``trigger_log_server_port`` set only
+    the port). The API server runs on this machine and reads the log files directly, so they are not started at all.
+    Each Celery worker gets its own node name (``worker-2@<host>``): two workers with one name confuse Celery's
+    remote control (inspect, adoption checks).
     """
+    kind = component_kind(name)
+    if kind == "worker":
+        # No --concurrency: its default is [celery] worker_concurrency, which ha_env sets (one place to change it).
+        return [_airflow(), "celery", "worker", "--skip-serve-logs", "--celery-hostname", f"{name}@%h"]
     args = {
         "scheduler": ["--skip-serve-logs"],
         "triggerer": ["--skip-serve-logs"],
         "api-server": ["--host", LISTEN_HOST, "--port", str(API_PORT)],
     }
-    return [_airflow(), name, *args.get(name, [])]
+    return [_airflow(), kind, *args.get(kind, [])]
 
 
 def _pid_file(name: str) -> Path:
@@ -299,12 +397,15 @@ def up(timeout: float = 240) -> dict[str, str]:
     """Start brokers and Airflow, unpause the DAGs, and wait until every watcher runs in the triggerer."""
     for d in (RUN, CACHE, AIRFLOW_HOME, DATA / "landing", DATA / "quarantine", STATE / "faults"):
         d.mkdir(parents=True, exist_ok=True)
+    names = components()  # an unknown DEVSTACK_PROFILE fails here, before anything starts
     endpoints = brokers.up(CACHE, RUN)
-    if DB == "postgres":
+    if metadata_db() == "postgres":
         endpoints["metadata_db"] = postgres.start(PG_DATA, RUN / "postgres.log")
+    if PROFILE == "ha":
+        endpoints["celery_broker"] = redis.start(REDIS_DATA, RUN)
     env = airflow_env()
     subprocess.run([_airflow(), "db", "migrate"], cwd=PROJECT, env=env, check=True, capture_output=True)
-    for name in COMPONENTS:
+    for name in names:
         start_component(name, env)
     try:
         brokers.wait_for_port("127.0.0.1", API_PORT, timeout, pid=brokers.running_pid(_pid_file("api-server")))
@@ -324,7 +425,7 @@ def up(timeout: float = 240) -> dict[str, str]:
 
 
 def _print_logs(lines: int = 30) -> None:
-    for name in COMPONENTS:
+    for name in components():
         print(f"--- {RUN / f'airflow-{name}.log'} (tail) ---\n{brokers.log_tail(RUN / f'airflow-{name}.log', lines)}",
               file=sys.stderr)
 
@@ -344,11 +445,23 @@ def _marked_pids() -> list[int]:
     return found
 
 
+def started_components() -> list[str]:
+    """Every component with a PID file in the run folder, whatever profile started it, in ``STOP_ORDER``."""
+    names = {p.name[len("airflow-"):-len(".pid")] for p in RUN.glob("airflow-*.pid")}
+
+    def rank(name: str) -> tuple[int, str]:
+        kind = component_kind(name)
+        return (STOP_ORDER.index(kind) if kind in STOP_ORDER else len(STOP_ORDER), name)
+
+    return sorted(names, key=rank)
+
+
 def down(timeout: float = 30) -> list[int]:
     """Stop Airflow (API server last), then the brokers, then anything left that carries the marker."""
-    for name in ("scheduler", "triggerer", "dag-processor", "api-server"):
+    for name in started_components():
         stop_component(name, timeout)
     brokers.down(RUN)
+    redis.stop(RUN)  # whatever DEVSTACK_PROFILE says now: stop what an earlier `up` started
     postgres.stop(PG_DATA)  # whatever DEVSTACK_DB says now: stop what an earlier `up` started
     leftovers = _marked_pids()
     for pid in leftovers:
@@ -361,18 +474,20 @@ def down(timeout: float = 30) -> list[int]:
 
 def status() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in COMPONENTS:
+    for name in components():
         out[name] = brokers.running_pid(_pid_file(name))
     for name in ("kafka", "elasticmq"):
         out[name] = brokers.running_pid(RUN / f"{name}.pid")
-    if DB == "postgres":
+    if metadata_db() == "postgres":
         out["postgres"] = postgres.running(PG_DATA)
+    if PROFILE == "ha":
+        out["redis"] = redis.running(RUN)
     return out
 
 
 def _one(command: str, name: str | None) -> int:
     """Start, stop or crash one process of a running stack (what the fault suite and a supervisor do)."""
-    if name in COMPONENTS:
+    if name in components():
         if command == "start":
             print(start_component(name, airflow_env()))
             if name == "api-server":
@@ -393,16 +508,28 @@ def _one(command: str, name: str | None) -> int:
             print(brokers.start_elasticmq(CACHE, RUN))
         else:
             brokers.stop_pid(RUN / "elasticmq.pid", 30 if command == "stop" else 0.1)
+    elif name == "redis" and PROFILE == "ha":
+        if command == "start":
+            print(redis.start(REDIS_DATA, RUN))
+        else:
+            redis.stop(RUN, 30 if command == "stop" else 0.1)
     else:
-        raise SystemExit(f"unknown process {name!r}: one of {', '.join(COMPONENTS)}, kafka, elasticmq")
+        others = ", kafka, elasticmq" + (", redis" if PROFILE == "ha" else "")
+        raise SystemExit(f"unknown process {name!r}: one of {', '.join(components())}{others}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "env", "env-json", "start", "stop", "crash"])
-    parser.add_argument("name", nargs="?", help="for start/stop/crash: an Airflow component, or kafka / elasticmq")
+    parser.add_argument("name", nargs="?",
+                        help="for start/stop/crash: an Airflow component of the profile, or kafka / elasticmq / redis")
     args = parser.parse_args(argv)
+    if args.command != "down":  # `down` goes by PID files, whatever the profile says
+        try:
+            components()
+        except StackError as exc:
+            raise SystemExit(str(exc)) from None
     if args.command in ("start", "stop", "crash"):
         return _one(args.command, args.name)
     if args.command == "up":

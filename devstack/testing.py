@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devstack import postgres, publish, summary
+from devstack import postgres, publish, redis, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = (9092, 9093, 9324, 9325, 8080)
@@ -113,14 +113,17 @@ class Stack:
         return Counter({m: n for m, n in counts.items() if m in message_ids})
 
 
-def unavailable_reason(db: str | None = None) -> str | None:
-    db = db or os.environ.get("DEVSTACK_DB", "sqlite")
+def unavailable_reason(db: str | None = None, profile: str | None = None) -> str | None:
+    profile = profile or os.environ.get("DEVSTACK_PROFILE", "default")
+    db = "postgres" if profile == "ha" else db or os.environ.get("DEVSTACK_DB", "sqlite")  # as devstack.stack does
     if not (shutil.which("java") and shutil.which("mvn")):
         return "java and mvn are needed to run the real brokers (apt-get install default-jdk-headless maven)"
     if db == "postgres" and postgres.unavailable_reason():
         return postgres.unavailable_reason()
+    if profile == "ha" and redis.unavailable_reason():
+        return redis.unavailable_reason()
     taken = []
-    for port in PORTS + ((postgres.PORT,) if db == "postgres" else ()):
+    for port in PORTS + ((postgres.PORT,) if db == "postgres" else ()) + ((redis.PORT,) if profile == "ha" else ()):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 taken.append(port)
