@@ -265,6 +265,7 @@ def kafka_properties(data_dir: Path, port: int = KAFKA_PORT, controller_port: in
         # the first commit of a run (which then waited ~8 s for "coordinator load in progress").
         "offsets.topic.num.partitions": 1,
         "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.num.partitions": 1,  # idempotent producers' coordinator: warmed at start too
         "transaction.state.log.min.isr": 1,
         "share.coordinator.state.topic.replication.factor": 1,
         "share.coordinator.state.topic.min.isr": 1,
@@ -536,10 +537,21 @@ def wait_sqs_ready(endpoint: str, timeout: float, queues: Iterable[str] = ()) ->
     raise BrokerError(f"SQS at {endpoint} not ready within {timeout:.0f}s (last: {last})")
 
 
+WARM_UP_TOPIC = "devstack-warm-up"
+
+
 def warm_group_coordinator(bootstrap: str, timeout: float) -> None:
-    """Commit one offset for a throwaway group, retrying until it succeeds: that creates ``__consumer_offsets`` and
-    loads its coordinator, which a fresh broker does on the first commit (several seconds)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    """Commit one offset for a throwaway group, retrying until it succeeds, and produce one record with an
+    idempotent producer to ``WARM_UP_TOPIC``: that creates ``__consumer_offsets`` and ``__transaction_state`` and
+    loads their coordinators, which a fresh broker does on the first commit and the first idempotent producer
+    ("coordinator load in progress", several seconds)."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+
+    create_topics(bootstrap, {WARM_UP_TOPIC: 1})
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "log_level": 2})
+    producer.produce(WARM_UP_TOPIC, b"warm-up")
+    if producer.flush(timeout):
+        raise BrokerError(f"Kafka did not acknowledge a warm-up record within {timeout:.0f}s")
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "devstack-warm-up", "enable.auto.commit": False,
                          "log_level": 2})
@@ -547,7 +559,7 @@ def warm_group_coordinator(bootstrap: str, timeout: float) -> None:
     try:
         while True:
             try:
-                consumer.commit(offsets=[TopicPartition("iot-readings-dlq", 0, 0)], asynchronous=False)
+                consumer.commit(offsets=[TopicPartition(WARM_UP_TOPIC, 0, 1)], asynchronous=False)
                 return
             except KafkaException as exc:
                 if time.monotonic() > deadline:
