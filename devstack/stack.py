@@ -171,6 +171,10 @@ def ha_env() -> dict[str, str]:
         "AIRFLOW__CELERY__FLOWER_HOST": LISTEN_HOST,
         # Two schedulers are safe only with SELECT ... FOR UPDATE (the default; never to be turned off here).
         "AIRFLOW__SCHEDULER__USE_ROW_LEVEL_LOCKING": "True",
+        # "host:triggerer-2" in job.hostname and task_instance.hostname (devstack/hostname.py): on one machine that is
+        # how the HA suite tells which triggerer owns the watchers and which worker ran a task.
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.hostname.component_hostname",
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(PROJECT), str(ROOT)])),
     }
     tunables = {
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
@@ -327,6 +331,7 @@ def start_component(name: str, env: dict[str, str]) -> int:
         return pid
     cmd = component_command(name)
     log = (RUN / f"airflow-{name}.log").open("ab")
+    env = {**env, "DEVSTACK_COMPONENT": name}  # devstack.hostname: which process owns a watcher or ran a task
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
     return proc.pid
@@ -490,8 +495,9 @@ def _one(command: str, name: str | None) -> int:
     if name in components():
         if command == "start":
             print(start_component(name, airflow_env()))
-            if name == "api-server":
-                brokers.wait_for_port("127.0.0.1", API_PORT, 120, pid=brokers.running_pid(_pid_file(name)))
+            pid = brokers.running_pid(_pid_file(name))
+            if name == "api-server" and pid is not None:
+                brokers.wait_for_port("127.0.0.1", API_PORT, 120, pid=pid)
                 warm_api_server()
         elif command == "stop":
             stop_component(name)

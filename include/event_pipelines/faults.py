@@ -3,12 +3,14 @@
 ``maybe_fail("iot.after_publish")`` raises once if the file ``$EVENTS_FAULTS_DIR/iot.after_publish`` exists (and
 removes it), so a test can make one task attempt die at a chosen point, after some of its effects and before the
 rest, and check that the retry leaves nothing lost and nothing written twice. A marker whose text is ``always``
-stays: every attempt fails there until the test removes it (a run that fails for good).
+stays: every attempt fails there until the test removes it (a run that fails for good). A marker ``hang:<seconds>``
+makes the attempt that finds it wait there that long instead (and is removed): a task in flight, for a test to kill.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -22,8 +24,12 @@ def maybe_fail(point: str) -> None:
         return
     marker = Path(folder) / point
     try:
-        if marker.read_text().strip() != "always":
+        mode = marker.read_text().strip()
+        if mode != "always":
             marker.unlink()
     except FileNotFoundError:
+        return
+    if mode.startswith("hang:"):
+        time.sleep(float(mode.removeprefix("hang:")))
         return
     raise InjectedFault(f"injected fault at {point}")

@@ -186,6 +186,39 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
             assert ledger == 3 and report.rows == 12
 
 
+def test_a_task_orphaned_by_a_killed_scheduler_is_retried_within_the_heartbeat_timeout(stack: Stack, report_line) -> None:
+    """LocalExecutor: task processes are the scheduler's children and die with it. The restarted scheduler fails the
+    orphaned task once its heartbeat is older than the Dockerfile's 60 s (default 300 s), and the retry finishes it:
+    iot_alerting (one run at a time) is blocked for about a minute, not five."""
+    marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.after_publish"
+    marker.write_text("hang:600")
+    records = publish.publish_iot(20, devices=2, run_id="orphan", bootstrap=stack.bootstrap)
+    assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"
+    stack.cli("crash", "scheduler")
+    killed_at = time.time()
+    time.sleep(5)
+    stack.cli("start", "scheduler")  # as a supervisor would
+    report = stack.collect(records, timeout=300)
+    assert report.ok, report.missing
+    airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    runs = sorted({run_id for m, (run_id, _, _) in message_runs(airflow, "iot_alerting").items()
+                   if m in {r["message_id"] for r in records}})
+    sql = text("SELECT MAX(end_date), MAX(try_number) FROM task_instance WHERE dag_id = 'iot_alerting'"
+               " AND run_id IN :r").bindparams(bindparam("r", expanding=True))
+    with airflow.connect() as conn:
+        end, tries = conn.execute(sql, {"r": runs}).one()
+    recovered_s = db.as_utc(end if isinstance(end, datetime) else datetime.fromisoformat(str(end))).timestamp() - killed_at
+    events = create_engine(stack.events_url)
+    with events.connect() as conn:
+        alerts = conn.execute(select(func.count()).select_from(iot_tables.iot_alerts).where(
+            iot_tables.iot_alerts.c.device_id.like("dev-orphan-%"))).scalar_one()
+    assert alerts == sum(publish.expected_alerts(records)) and report.rows == 20
+    assert tries >= 2, "the orphaned attempt was not retried"
+    report_line(f"faults {'scheduler killed mid-task (Local)':<34} orphaned task retried and done {recovered_s:.0f}s after"
+                f" the kill (heartbeat timeout 60 s + retry delay 10 s); readings={report.rows} alerts={alerts}")
+    assert recovered_s <= 60 + 10 + 30
+
+
 def test_a_cleared_and_rerun_run_writes_nothing_twice(stack: Stack, report_line) -> None:
     records = publish.publish_inference(10, run_id="clear", target=stack.target)
     report = stack.collect(records, timeout=120)

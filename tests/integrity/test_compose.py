@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devstack.brokers import TOPICS as TOPIC_PARTITIONS  # the native runner's topics: compose must match them
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = REPO_ROOT / "docker-compose.override.yml"
 ELASTICMQ_CONF = REPO_ROOT / "devstack" / "elasticmq.conf"
@@ -27,7 +29,6 @@ AIRFLOW_SERVICES = ("scheduler", "triggerer", "dag-processor", "api-server")
 EVENT_SERVICES = ("kafka", "kafka-init", "sqs")
 WORK_QUEUES = ("data-deliveries", "inference-requests")
 QUEUES = (*WORK_QUEUES, "data-deliveries-dlq", "inference-requests-dlq", "inference-replies")
-TOPIC_PARTITIONS = {"iot-readings": 3, "iot-alerts": 3, "iot-readings-dlq": 1}
 
 
 # --------------------------------------------------------------------------- merged compose file
