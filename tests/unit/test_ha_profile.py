@@ -380,3 +380,11 @@ def test_a_killed_workers_task_is_redelivered_to_the_other_worker(redis_server, 
             except ProcessLookupError:
                 pass
             worker.wait(timeout=10)
+
+
+def test_the_celery_executor_imports() -> None:
+    """The scheduler loads it by name; with celery 5.7.0 its module failed to import (``retry`` gone from
+    ``celery.backends.database``) and both schedulers of the HA profile exited at start."""
+    from airflow.providers.celery.executors.celery_executor import CeleryExecutor
+
+    assert CeleryExecutor.__name__ == "CeleryExecutor"
