@@ -85,8 +85,36 @@ message_failures = Table(
 
 def ensure_schema(engine: Engine) -> None:
     """Create the tables defined on ``metadata`` (the shared ones and those of every pipeline module imported) if they
-    are missing (idempotent; safe from concurrent tasks)."""
+    are missing, and add the nullable columns a newer version defines to tables that exist (idempotent; safe from
+    concurrent tasks)."""
     metadata.create_all(engine, checkfirst=True)
+    add_missing_nullable_columns(engine)
+
+
+def add_missing_nullable_columns(engine: Engine) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for each nullable column of ``metadata`` an existing table lacks (an events
+    database made by an older version); returns ``table.column`` of each one added."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    added: list[str] = []
+    existing = set(inspect(engine).get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+                added.append(f"{table.name}.{column.name}")
+            except (OperationalError, ProgrammingError):  # a concurrent task added it first
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+    return added
 
 
 def configure_sqlite(engine: Engine) -> Engine:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 
 from include.event_pipelines import db
 from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
@@ -34,6 +34,7 @@ class InferenceOutcome:
     predicted: int = 0
     reused: int = 0
     replies: int = 0
+    already_replied: int = 0  # redelivered requests whose reply had been sent: deleted without a second one
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)  # the messages answered (not dead-lettered)
 
@@ -43,6 +44,7 @@ class InferenceOutcome:
             "predicted": self.predicted,
             "reused": self.reused,
             "replies": self.replies,
+            "already_replied": self.already_replied,
             "dead_lettered": [d["message_id"] for d in self.dead_letters],
         }
 
@@ -166,14 +168,21 @@ def answer_requests(
             predicted_at=db.as_utc(answers[rid]["predicted_at"]),
         )
         for rid in answered
+        if answers[rid].get("replied_at") is None  # a redelivery of a request already replied to: no second reply
     ]
     if replies:
         send_replies(replies)
+        t = tables.predictions
+        with engine.begin() as conn:
+            conn.execute(update(t).where(t.c.request_id.in_([r.correlation_id for r in replies]))
+                         .values(replied_at=db.utcnow()))
     outcome.requests = len(answered)
     outcome.predicted = min(inserted, len(answered))
     outcome.reused = len(answered) - outcome.predicted
     outcome.replies = len(replies)
+    outcome.already_replied = len(answered) - len(replies)
     outcome.message_ids = [env.message_id for r in answered.values() for env in r.envelopes]
-    log.info("%d requests: %d predicted, %d answered from stored predictions, %d dead-lettered",
-             outcome.requests, outcome.predicted, outcome.reused, len(outcome.dead_letters))
+    log.info("%d requests: %d predicted, %d answered from stored predictions (%d of them already replied to),"
+             " %d dead-lettered", outcome.requests, outcome.predicted, outcome.reused, outcome.already_replied,
+             len(outcome.dead_letters))
     return outcome

@@ -17,4 +17,7 @@ predictions = Table(
     Column("predicted_at", UtcDateTime(), nullable=False),
     Column("submitted_at", UtcDateTime()),
     Column("features_sha256", String(64)),  # a request_id reused with other features is refused
+    # Set once the reply is sent: a redelivered request is deleted without a second reply (a run that died between
+    # sending and setting this replies again; the reply carries the request id as correlation_id).
+    Column("replied_at", UtcDateTime()),
 )

@@ -114,7 +114,8 @@ def test_triggerer_killed_three_times_while_1000_messages_stream_in(stack: Stack
 
 def _settled_to_the_end(stack: Stack, topic: str) -> dict[int, tuple[int, int]] | None:
     offsets = stack.kafka_offsets(topic)
-    return offsets if all(committed == end for committed, end in offsets.values()) else None
+    settled = all(committed == end or (end == 0 and committed < 0) for committed, end in offsets.values())
+    return offsets if settled else None  # an empty partition has nothing to commit
 
 
 def test_a_backlog_of_5000_published_while_paused_drains_after_unpause(stack: Stack, report_line) -> None:

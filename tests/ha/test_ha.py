@@ -67,8 +67,8 @@ def _assert_exactly_once(stack: Stack, records: list[dict[str, Any]], timeout: f
     assert iot.rows == len(readings)
     assert (iot.outputs["alerts_raised"], iot.outputs["alerts_cleared"]) == publish.expected_alerts(readings)
     assert wait_for(lambda: stack.queue_depth("inference-requests") == 0, timeout=60), "requests left on the queue"
-    offsets = wait_for(lambda: (o := stack.kafka_offsets("iot-readings")) and all(c == end for c, end in o.values()) and o,
-                       timeout=120)
+    offsets = wait_for(lambda: (o := stack.kafka_offsets("iot-readings")) and all(
+        c == end or (end == 0 and c < 0) for c, end in o.values()) and o, timeout=120)  # an empty partition: no commit
     assert offsets, f"committed offsets short of the end of iot-readings: {stack.kafka_offsets('iot-readings')}"
     assert len(offsets) >= 6, "iot-readings has at least 6 partitions"
     return {"requests": len(requests), "readings": len(readings), "alerts": iot.outputs["alerts_raised"]

@@ -77,13 +77,45 @@ def test_every_request_gets_one_reply_with_its_correlation_id_from_one_model_cal
                             ("req-3", "failure_classifier/v1")]
 
 
-def test_a_redelivered_request_gets_the_stored_answer_not_a_new_prediction(engine: Engine) -> None:
+def test_a_redelivered_request_is_neither_predicted_nor_replied_to_again(engine: Engine) -> None:
     first, again = [], []
     answer_requests([request(0, HOT)], engine, CountingPredictor(), first.extend)
     predictor = CountingPredictor()
     out = answer_requests([request(0, HOT)], engine, predictor, again.extend)
-    assert predictor.calls == [] and out.reused == 1
-    assert [r.model_dump() for r in again] == [r.model_dump() for r in first]
+    assert predictor.calls == [] and out.reused == 1 and out.already_replied == 1
+    assert len(first) == 1 and again == [] and out.message_ids == ["msg-0"]  # answered: its message is deleted
+
+
+def test_a_request_whose_reply_was_never_sent_gets_the_stored_answer(engine: Engine) -> None:
+    """The run died after storing the prediction, before the reply: the redelivery sends the stored answer."""
+    def dies(replies: list) -> None:
+        raise ConnectionError("reply queue unreachable")
+
+    with pytest.raises(ConnectionError):
+        answer_requests([request(0, HOT)], engine, CountingPredictor(), dies)
+    again: list = []
+    predictor = CountingPredictor()
+    out = answer_requests([request(0, HOT)], engine, predictor, again.extend)
+    assert predictor.calls == [] and out.reused == 1 and out.already_replied == 0
+    assert [r.correlation_id for r in again] == ["req-0"] and again[0].label == "failure"
+    with engine.connect() as conn:
+        assert conn.execute(select(inference_tables.predictions.c.replied_at)).scalar_one() is not None
+
+
+def test_an_events_db_of_an_older_version_gets_the_new_nullable_column(tmp_path) -> None:
+    from sqlalchemy import create_engine, inspect, text
+
+    from include.event_pipelines import db
+
+    old = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with old.begin() as conn:
+        conn.execute(text("CREATE TABLE inference_predictions (request_id VARCHAR(128) PRIMARY KEY,"
+                          " message_id VARCHAR(256) NOT NULL, label VARCHAR(32) NOT NULL, probability FLOAT NOT NULL,"
+                          " model_version VARCHAR(64) NOT NULL, predicted_at TIMESTAMP NOT NULL,"
+                          " submitted_at TIMESTAMP, features_sha256 VARCHAR(64))"))
+    db.ensure_schema(old)
+    assert "replied_at" in {c["name"] for c in inspect(old).get_columns("inference_predictions")}
+    assert db.add_missing_nullable_columns(old) == []  # idempotent
 
 
 def test_bad_requests_are_dead_lettered_and_the_rest_answered(engine: Engine) -> None:
@@ -118,7 +150,7 @@ def test_a_request_id_reused_with_other_features_is_dead_lettered(engine: Engine
     out = answer_requests([request(1, COOL, "req-7"), request(2, HOT, "req-7")], engine, CountingPredictor(), sent.extend)
     assert [d["message_id"] for d in out.dead_letters] == ["msg-1"]
     assert "duplicate request_id req-7: already used with different features" in out.dead_letters[0]["reason"]
-    assert [r.correlation_id for r in sent] == ["req-7", "req-7"] and sent[0] == sent[1]
+    assert [r.correlation_id for r in sent] == ["req-7"] and out.already_replied == 1  # the redelivery: no 2nd reply
     # within one batch the first message wins
     out = answer_requests([request(3, HOT, "req-8"), request(4, COOL, "req-8")], engine, CountingPredictor(), sent.extend)
     assert [d["message_id"] for d in out.dead_letters] == ["msg-4"]
