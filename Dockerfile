@@ -12,6 +12,10 @@ ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
 # blocked iot_alerting (max_active_runs=1) for five minutes after a scheduler crash. A task's supervisor heartbeats
 # every few seconds, so 60 s is a dozen missed heartbeats.
 ENV AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
+# ...but a restarted scheduler takes over the tasks of the dead one (and so their heartbeat check) only when it looks
+# for orphans: at start, too soon (the dead one's heartbeat is younger than [scheduler] scheduler_health_check_threshold,
+# 30 s), then every orphaned_tasks_check_interval (default 300 s). 30 s bounds it: the orphaned task is reset and retried.
+ENV AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=30
 
 # This project's streaming watcher triggers (MessageQueueTrigger schemes sqs+stream and kafka+stream), as an installed
 # provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,

@@ -334,6 +334,8 @@ def start_component(name: str, env: dict[str, str]) -> int:
     env = {**env, "DEVSTACK_COMPONENT": name}  # devstack.hostname: which process owns a watcher or ran a task
     proc = subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file(name).write_text(str(proc.pid))
+    with (RUN / "sessions").open("a") as f:  # every session this stack started, for the final sweep of `down`
+        f.write(f"{proc.pid}\n")
     return proc.pid
 
 
@@ -436,16 +438,24 @@ def _print_logs(lines: int = 30) -> None:
 
 
 def _marked_pids() -> list[int]:
-    """PIDs of processes (other than this one) whose environment carries this stack's marker."""
+    """PIDs of processes (other than this one) whose environment carries this stack's marker, or that run in a
+    session one of its components started. A task process retitles itself (``airflow worker -- <id>``, which
+    overwrites the environment /proc shows) and moves to its own process group, but keeps its session: a task
+    orphaned by a killed scheduler is found that way."""
     marker = f"{MARKER}={STATE}".encode()
+    try:
+        sessions = {int(x) for x in (RUN / "sessions").read_text().split()}
+    except OSError:
+        sessions = set()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
+            in_session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) in sessions
+            if in_session or marker in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return found
 
@@ -474,6 +484,7 @@ def down(timeout: float = 30) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    (RUN / "sessions").unlink(missing_ok=True)
     return leftovers
 
 
