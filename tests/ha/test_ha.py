@@ -97,8 +97,8 @@ def test_killing_the_triggerer_that_owns_the_watchers_hands_them_to_the_other(st
     publisher = threading.Thread(target=lambda: box.__setitem__("records", _stream(stack, "hatrig", 400, 40)))
     publisher.start()
     time.sleep(3)
+    killed_at = time.monotonic()  # before the crash command: an upper bound of the takeover time
     stack.cli("crash", victim)
-    killed_at = time.monotonic()
     took_over = wait_for(lambda: watcher_owners(stack) == {survivor: _watchers(stack)}, timeout=180, interval=0.5)
     takeover_s = time.monotonic() - killed_at
     publisher.join()
