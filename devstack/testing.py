@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -130,6 +131,29 @@ def unavailable_reason(db: str | None = None, profile: str | None = None) -> str
     if taken:
         return f"ports {taken} are in use (a stack from `make up` is running? `make down` first)"
     return None
+
+
+def in_background(fn, *args, **kwargs) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``fn(*args, **kwargs)`` in a thread (a publisher while a test breaks something); ``result`` joins it."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # re-raised by result()
+            box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, box
+
+
+def result(thread: threading.Thread, box: dict[str, Any]) -> Any:
+    """What ``in_background``'s function returned, once it has; its exception, if it raised one."""
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def wait_for(check, timeout: float, interval: float = 1.0) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy import bindparam, create_engine, func, select, text
 
 from devstack import publish
 from devstack.summary import message_runs
-from devstack.testing import Stack, wait_for
+from devstack.testing import Stack, in_background, result, wait_for
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
@@ -52,27 +51,6 @@ def _figures(report_line, name: str, stack: Stack, dag_id: str, records, report,
     return figures
 
 
-def _publish_in_background(fn, *args, **kwargs) -> tuple[threading.Thread, dict[str, Any]]:
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["records"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised by the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, box
-
-
-def _records(thread: threading.Thread, box: dict[str, Any]) -> list[dict[str, Any]]:
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["records"]
-
-
 def _kill_triggerer_three_times(stack: Stack, every: float) -> list[int]:
     killed = []
     for _ in range(3):
@@ -85,15 +63,15 @@ def _kill_triggerer_three_times(stack: Stack, every: float) -> list[int]:
 @pytest.mark.parametrize("broker", ["sqs", "kafka"])
 def test_triggerer_killed_three_times_while_1000_messages_stream_in(stack: Stack, broker: str, report_line) -> None:
     if broker == "sqs":
-        thread, box = _publish_in_background(publish.publish_inference, 1000, run_id=f"kill{broker}", rate=50,
+        thread, box = in_background(publish.publish_inference, 1000, run_id=f"kill{broker}", rate=50,
                                              target=stack.target)
         dag_id = "inference_execution"
     else:
-        thread, box = _publish_in_background(publish.publish_iot, 1000, devices=20, run_id=f"kill{broker}", rate=50,
+        thread, box = in_background(publish.publish_iot, 1000, devices=20, run_id=f"kill{broker}", rate=50,
                                              bootstrap=stack.bootstrap)
         dag_id = "iot_alerting"
     _kill_triggerer_three_times(stack, every=5)
-    records = _records(thread, box)
+    records = result(thread, box)
     budget = _last_publish(records) + 60 - time.time()
     complete = stack.collect(records, timeout=max(budget, 1), until_finished=False)
     done_after = time.time() - _last_publish(records)
@@ -137,13 +115,13 @@ def test_a_backlog_of_5000_published_while_paused_drains_after_unpause(stack: St
 
 
 def test_kafka_broker_stopped_for_20s_mid_stream_loses_nothing(stack: Stack, report_line) -> None:
-    thread, box = _publish_in_background(publish.publish_iot, 400, devices=10, run_id="outage", rate=20,
+    thread, box = in_background(publish.publish_iot, 400, devices=10, run_id="outage", rate=20,
                                          bootstrap=stack.bootstrap)
     time.sleep(5)
     stack.cli("stop", "kafka")
     time.sleep(20)
     stack.cli("start", "kafka")
-    records = _records(thread, box)
+    records = result(thread, box)
     report = stack.collect(records, timeout=180)
     assert report.ok, report.missing
     figures = _figures(report_line, "kafka broker down 20s mid-stream", stack, "iot_alerting", records, report)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from devstack import publish
-from devstack.testing import Stack, wait_for
+from devstack.testing import Stack, in_background, result, wait_for
 
 STACK_ENV = {"DEVSTACK_PROFILE": "ha"}
 TAKEOVER_BOUND_S = 60
@@ -40,20 +40,9 @@ def _watchers(stack: Stack) -> int:
 
 def _stream(stack: Stack, run_id: str, count: int, rate: float) -> list[dict[str, Any]]:
     """``count`` inference requests (SQS) and ``count`` readings (Kafka), each at ``rate`` per second, at once."""
-    import threading
-
-    out: dict[str, list[dict[str, Any]]] = {}
-    jobs = {
-        "sqs": lambda: publish.publish_inference(count, run_id=run_id, rate=rate, target=stack.target),
-        "kafka": lambda: publish.publish_iot(count, devices=8, run_id=run_id, rate=rate, bootstrap=stack.bootstrap),
-    }
-    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, jobs[k]())) for k in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert set(out) == set(jobs), "a publisher failed"
-    return out["sqs"] + out["kafka"]
+    requests = in_background(publish.publish_inference, count, run_id=run_id, rate=rate, target=stack.target)
+    readings = in_background(publish.publish_iot, count, devices=8, run_id=run_id, rate=rate, bootstrap=stack.bootstrap)
+    return result(*requests) + result(*readings)
 
 
 def _assert_exactly_once(stack: Stack, records: list[dict[str, Any]], timeout: float = 300) -> dict[str, Any]:
@@ -91,20 +80,16 @@ def test_killing_the_triggerer_that_owns_the_watchers_hands_them_to_the_other(st
     owners = watcher_owners(stack)
     victim = max(owners, key=owners.get)
     survivor = next(t for t in ("triggerer", "triggerer-2") if t != victim)
-    import threading
-
-    box: dict[str, Any] = {}
-    publisher = threading.Thread(target=lambda: box.__setitem__("records", _stream(stack, "hatrig", 400, 40)))
-    publisher.start()
+    publisher = in_background(_stream, stack, "hatrig", 400, 40)
     time.sleep(3)
     killed_at = time.monotonic()  # before the crash command: an upper bound of the takeover time
     stack.cli("crash", victim)
     took_over = wait_for(lambda: watcher_owners(stack) == {survivor: _watchers(stack)}, timeout=180, interval=0.5)
     takeover_s = time.monotonic() - killed_at
-    publisher.join()
+    records = result(*publisher)
     assert took_over, f"the watchers were not taken over: {watcher_owners(stack)}"
-    figures = _assert_exactly_once(stack, box["records"])
-    last = max(datetime.fromisoformat(r["published_at"]).timestamp() for r in box["records"])
+    figures = _assert_exactly_once(stack, records)
+    last = max(datetime.fromisoformat(r["published_at"]).timestamp() for r in records)
     report_line(f"ha  kill -9 {victim} (held {owners.get(victim)} of 3 watchers) while 400+400 stream in: "
                 f"{survivor} held all after {takeover_s:.1f}s; {figures}; all effects done "
                 f"{time.time() - last:.0f}s after the last publish (upper bound)")
@@ -120,16 +105,11 @@ def _runs_per_event(stack: Stack) -> int:
 
 
 def test_killing_one_scheduler_leaves_the_other_creating_and_starting_runs(stack: Stack, report_line) -> None:
-    import threading
-
-    box: dict[str, Any] = {}
-    publisher = threading.Thread(target=lambda: box.__setitem__("records", _stream(stack, "hasched", 300, 30)))
-    publisher.start()
+    publisher = in_background(_stream, stack, "hasched", 300, 30)
     time.sleep(3)
     stack.cli("crash", "scheduler")
     killed_at = time.time()
-    publisher.join()
-    figures = _assert_exactly_once(stack, box["records"])
+    figures = _assert_exactly_once(stack, result(*publisher))
     done_s = time.time() - killed_at
     with _airflow(stack).connect() as conn:
         started_by = conn.execute(text(
