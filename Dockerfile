@@ -7,10 +7,10 @@ FROM astrocrpublic.azurecr.io/runtime:3.3-2
 # and how soon a queued run starts: 0.2 s takes about 1 s off publish -> run start (README "Performance").
 ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
 
-# A task whose process died (with LocalExecutor, task processes are the scheduler's children: a killed scheduler takes
-# them along) stays "running" until its last heartbeat is this old; then it is failed and retried. The default, 300 s,
-# blocked iot_alerting (max_active_runs=1) for five minutes after a scheduler crash. A task's supervisor heartbeats
-# every few seconds, so 60 s is a dozen missed heartbeats.
+# A task whose supervisor died (a LocalExecutor worker, a child of the scheduler, or a Celery worker) stops
+# heartbeating and stays "running" until its last heartbeat is this old; then it is failed and retried. The default,
+# 300 s, blocked iot_alerting (max_active_runs=1) for five minutes after a scheduler crash. A task's supervisor
+# heartbeats every few seconds, so 60 s is a dozen missed heartbeats.
 ENV AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
 # ...but a restarted scheduler takes over the tasks of the dead one (and so their heartbeat check) only when it looks
 # for orphans: at start, too soon (the dead one's heartbeat is younger than [scheduler] scheduler_health_check_threshold,

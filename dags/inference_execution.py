@@ -86,4 +86,5 @@ def answer(batch: list[dict[str, Any]]) -> dict[str, Any]:
     source.settle(envelopes, outcome.dead_letters)
     return outcome.as_dict()
 
+
 inference_execution()

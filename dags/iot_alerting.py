@@ -70,4 +70,5 @@ def iot_alerting() -> None:
 
     evaluate_and_alert()
 
+
 iot_alerting()

@@ -200,13 +200,10 @@ def ha_env() -> dict[str, str]:
         # The sweep holds a lock in Redis that expires after 300 s: a worker killed while holding it would stop
         # every sweep for 5 minutes. A sweep takes milliseconds; 10 s is ample.
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__UNACKED_MUTEX_EXPIRE": "10",
-        # A task that had started when its worker died stays "running" in the database (its redelivered message
-        # is dropped as above) until its heartbeat is this old; then it is failed and retried. The task's
-        # supervisor heartbeats every 5 s ([workers] min_heartbeat_interval): 60 s is 12 missed beats (default 300).
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-        # A scheduler whose heartbeat is older than [scheduler] scheduler_health_check_threshold (30 s) is dead;
-        # the other one adopts its queued and running tasks at this interval (default 300 s).
-        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+        # A task that had started when its worker died stays "running" (its redelivered message is dropped as
+        # above) until its heartbeat is [scheduler] task_instance_heartbeat_timeout old, and a dead scheduler's
+        # tasks are adopted at [scheduler] orphaned_tasks_check_interval: the Dockerfile ships both (60 s, 30 s)
+        # for every profile, and airflow_env applies them.
     }
     return {**tunables, **{k: os.environ[k] for k in tunables if k in os.environ}, **fixed}
 
@@ -391,12 +388,14 @@ def wait_until(check, timeout: float, what: str, interval: float = 1.0) -> Any:
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
-def warm_api_server(timeout: float = 60) -> None:
-    """Make the execution API's first request now. The API server sets the execution API up on its first request
-    (about 4 s here): without this, the first task after a start waits that long to begin (README "Performance")."""
+def wait_for_api_server(timeout: float) -> None:
+    """Wait for the API server's port, then make the execution API's first request. The API server sets the execution
+    API up on its first request (about 4 s here): without this, the first task after a start waits that long to begin
+    (README "Performance")."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/execution/health", timeout=timeout) as resp:
+    brokers.wait_for_port("127.0.0.1", API_PORT, timeout, pid=brokers.running_pid(_pid_file("api-server")))
+    with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/execution/health", timeout=60) as resp:
         resp.read()
 
 
@@ -415,8 +414,7 @@ def up(timeout: float = 240) -> dict[str, str]:
     for name in names:
         start_component(name, env)
     try:
-        brokers.wait_for_port("127.0.0.1", API_PORT, timeout, pid=brokers.running_pid(_pid_file("api-server")))
-        warm_api_server()
+        wait_for_api_server(timeout)
         wait_until(lambda: set(DAG_IDS) <= set(watcher_status(env)["dags"]), timeout, "the DAGs to be parsed")
         paused = [d for d, p in watcher_status(env)["dags"].items() if p and d in DAG_IDS]
         for dag_id in paused:
@@ -506,10 +504,8 @@ def _one(command: str, name: str | None) -> int:
     if name in components():
         if command == "start":
             print(start_component(name, airflow_env()))
-            pid = brokers.running_pid(_pid_file(name))
-            if name == "api-server" and pid is not None:
-                brokers.wait_for_port("127.0.0.1", API_PORT, 120, pid=pid)
-                warm_api_server()
+            if name == "api-server" and brokers.running_pid(_pid_file(name)) is not None:
+                wait_for_api_server(120)
         elif command == "stop":
             stop_component(name)
         else:

@@ -98,11 +98,12 @@ def add_missing_nullable_columns(engine: Engine) -> list[str]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     added: list[str] = []
-    existing = set(inspect(engine).get_table_names())
+    inspector = inspect(engine)
+    existing = set(inspector.get_table_names())
     for table in metadata.sorted_tables:
         if table.name not in existing:
             continue
-        have = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        have = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in have or not column.nullable:
                 continue
