@@ -11,8 +11,8 @@ nothing, and a delivery_id reused for other content is dead-lettered. An order i
 delivery. A bad file is moved to the quarantine location with a `.reason.json` and an `etl_quarantine` row; a bad
 message (or a URI outside the landing roots) is kept in `dead_letters` with its reason. The first task loads up to
 `ETL_BATCH_SIZE` (50) deliveries itself, so a small run is one task; a larger run maps the rest, one task per batch.
-Each task that loaded rows emits an `events_db.orders` asset event with what it loaded (through an `AssetAlias`, so
-a task that loaded nothing emits none).
+Each loading task emits one `events_db.orders` asset event with what it loaded in its `extra` (`rows_loaded` is 0 when
+every message of its batch was dead-lettered or quarantined; a consumer that only wants new rows checks it).
 
 Delivery: messages are received **without deletion**; the run keeps them invisible for `SQS_VISIBILITY_TIMEOUT`
 seconds and deletes each by receipt handle only after its load/quarantine is committed (a bad message first goes
@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
-from airflow.sdk import Asset, AssetAlias, AssetWatcher, dag, get_current_context, task
+from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from pendulum import datetime, duration
 
 from include.data_delivery_etl import hooks, settings
@@ -51,10 +51,7 @@ delivery_trigger = MessageQueueTrigger(
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
 )
-# The load tasks read and write the orders table. As an inlet it is declared, so it exists before an event is added
-# to it through the alias (two tasks creating it at once on their first event: one fails, README "Performance").
-orders_table = Asset("events_db.orders")
-orders_loaded = AssetAlias("events_db.orders_loaded")  # resolves to orders_table when a task loaded rows
+orders_table = Asset("events_db.orders")  # a plain outlet, not an AssetAlias: README "Performance" says why
 source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
 
 
@@ -69,7 +66,7 @@ source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
     tags=["event-driven", "sqs", "etl"],
 )
 def data_delivery_etl() -> None:
-    @task(inlets=[orders_table], outlets=[orders_loaded])
+    @task(outlets=[orders_table])
     def load_first_batch(**context: Any) -> list[list[dict[str, Any]]]:
         """Every "data ready" message of this run (all coalesced asset events): load the first `ETL_BATCH_SIZE` here;
         return the rest in batches, one `load_deliveries` task each (none, and skipped, for a small run)."""
@@ -77,7 +74,7 @@ def data_delivery_etl() -> None:
         load(messages[: settings.ETL_BATCH_SIZE], context)
         return airflow_io.map_batches(messages[settings.ETL_BATCH_SIZE :], settings.ETL_BATCH_SIZE)
 
-    @task(inlets=[orders_table], outlets=[orders_loaded], map_index_template="{{ batch_label }}")
+    @task(outlets=[orders_table], map_index_template="{{ batch_label }}")
     def load_deliveries(batch: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
         get_current_context()["batch_label"] = f"{batch[0]['message_id']} +{len(batch) - 1}"  # type: ignore[typeddict-unknown-key]
         return load(batch, context)
@@ -87,7 +84,7 @@ def data_delivery_etl() -> None:
 
 def load(batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
     """Validate, transform and load each delivered file (or quarantine or dead-letter it), acknowledge the messages,
-    then announce the rows loaded on `events_db.orders`."""
+    then put what was loaded in the `events_db.orders` event this task emits when it succeeds."""
     envelopes = airflow_io.to_envelopes(batch)
     results = etl.process_batch(
         envelopes, airflow_io.engine(), hooks.storage_path, hooks.storage_path(settings.QUARANTINE_URI),
@@ -95,9 +92,7 @@ def load(batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
     )
     source.settle(envelopes, [d for o in results for d in o.dead_letters()])
     outcomes = [o.as_dict() for o in results]
-    summary = etl.summarize(outcomes)
-    if summary["rows_loaded"]:
-        context["outlet_events"][orders_loaded].add(orders_table, extra=summary)
+    context["outlet_events"][orders_table].extra = etl.summarize(outcomes)
     return outcomes
 
 

@@ -343,7 +343,7 @@ def render_csv(records: list[dict[str, str]]) -> bytes:
 
 
 def summarize(outcomes: list[dict[str, object]]) -> dict[str, object]:
-    """Totals of a run's outcomes, used as the extra of the ``events_tables.orders`` asset event."""
+    """Totals of a loading task's outcomes: the extra of the ``events_db.orders`` asset event it emits."""
     by_status: dict[str, int] = {}
     for o in outcomes:
         by_status[str(o["status"])] = by_status.get(str(o["status"]), 0) + 1
