@@ -170,6 +170,25 @@ def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float
     return [a for a in alerts if a.get("device_id") in device_ids]
 
 
+def compare_alerts(good: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
+    """The alerts on the topic against the readings published: counts, and what is wrong. Per-device order is checked
+    through the reading each transition came from: applied in order, a device's readings raise and clear exactly at
+    the readings the publisher computed (``expect.transition``); a reading applied early or late moves a transition
+    to another reading. Repeats of a dedup key (a retried run publishing again) are counted, not errors."""
+    expected = Counter(r["expect"]["transition"] for r in good if r["expect"].get("transition"))
+    distinct = {a["dedup_key"]: a["kind"] for a in alerts}
+    got = Counter(distinct.values())
+    want = {(r["message_id"], r["expect"]["transition"]) for r in good if r["expect"].get("transition")}
+    at = {(a["source_message_id"], a["kind"]) for a in alerts}
+    outputs = {"alerts_raised": got["raised"], "alerts_cleared": got["cleared"],
+               "alert_duplicates": len(alerts) - len(distinct), "alerts_out_of_order": len(want ^ at)}
+    if got != expected:
+        return outputs, [f"alerts {dict(got)} != expected {dict(expected)}"]
+    if want != at:
+        return outputs, [f"{len(want ^ at)} alerts at other readings than per-device order gives"]
+    return outputs, []
+
+
 def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1) -> None:
     """Receive replies, keep (and delete) those whose correlation id is wanted. Others are hidden for 10 s, so one
     call ends even when replies of other publishers are queued, and then come back for their owner."""
@@ -300,15 +319,10 @@ def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply
         rep.rows = len(found)
         if len(found) < len(ids):
             rep.missing.append(f"{len(ids) - len(found)} of {len(ids)} readings not stored")
-        expected = Counter(r["expect"]["transition"] for r in good if r["expect"].get("transition"))
         devices = {json.loads(r["body"])["device_id"] for r in good if "body" in r} or {r["id"].rsplit("#", 1)[0] for r in good}
-        alerts = read_alerts(bootstrap, alerts_topic, devices)
-        distinct = {a["dedup_key"]: a["kind"] for a in alerts}
-        got = Counter(distinct.values())
-        rep.outputs.update({"alerts_raised": got["raised"], "alerts_cleared": got["cleared"],
-                            "alert_duplicates": len(alerts) - len(distinct)})
-        if got != expected:
-            rep.missing.append(f"alerts {dict(got)} != expected {dict(expected)}")
+        outputs, problems = compare_alerts(good, read_alerts(bootstrap, alerts_topic, devices))
+        rep.outputs.update(outputs)
+        rep.missing += problems
     elif pipeline == "inference":
         wanted = {r["expect"]["request_id"] for r in good}
         found = _present(events, inference_tables.predictions.c.request_id, sorted(wanted))

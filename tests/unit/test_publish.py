@@ -210,6 +210,34 @@ def test_iot_expected_transitions_are_what_the_pipeline_produces(engine: Engine,
     assert (raised, cleared) == (list(produced.values()).count("raised"), list(produced.values()).count("cleared"))
 
 
+def test_alerts_are_checked_against_per_device_order(engine: Engine, tmp_path: Path) -> None:
+    """devstack.summary.compare_alerts, the e2e and HA suites' order check: a device's readings applied in order give
+    no problem (a retried run's repeats are only counted); applied out of order, the check names it."""
+    from sqlalchemy import create_engine
+
+    from devstack.summary import compare_alerts
+    from include.event_pipelines import db
+
+    msgs = list(pub.iot_messages("r9", 40, 2, seed=11, start=T0))
+    envelopes = [kafka_envelope(i, m) for i, m in enumerate(msgs)]
+    records = [{"message_id": e.message_id, "expect": m.expect} for e, m in zip(envelopes, msgs, strict=True)]
+
+    def alerts(batches: list[list[int]], sink: Engine) -> list[dict[str, str]]:
+        recorder = AlertRecorder()
+        for batch in batches:
+            process_readings([envelopes[i] for i in batch], sink, recorder, now=T0 + timedelta(hours=1))
+        return [a.model_dump(mode="json") for a in recorder.alerts]
+
+    in_order = alerts([list(range(20)), list(range(20, 40))], engine)
+    outputs, problems = compare_alerts(records, in_order + in_order[:2])
+    assert problems == [] and outputs["alert_duplicates"] == 2 and outputs["alerts_out_of_order"] == 0
+    other = db.configure_sqlite(create_engine(f"sqlite:///{tmp_path / 'other.db'}"))
+    db.ensure_schema(other)
+    late_first = alerts([list(range(20, 40)), list(range(20))], other)  # the later run's readings applied first
+    outputs, problems = compare_alerts(records, late_first)
+    assert problems and outputs["alerts_out_of_order"] > 0
+
+
 def test_publish_iot_records_topic_partition_offset_and_keys(tmp_path: Path) -> None:
     producer = FakeProducer()
     record = tmp_path / "rec.jsonl"
