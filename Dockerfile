@@ -17,6 +17,11 @@ ENV AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
 # 30 s), then every orphaned_tasks_check_interval (default 300 s). 30 s bounds it: the orphaned task is reset and retried.
 ENV AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=30
 
+# With two or more triggerers, the watchers of one that died are taken over by another once its last heartbeat (every
+# 5 s, [triggerer] job_heartbeat_sec) is this old; until then no message is consumed. The default, 30 s, is six missed
+# heartbeats; 15 s is three, and bounds the takeover to about 20 s (README "Scale-out", measured by make test-ha).
+ENV AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=15
+
 # This project's streaming watcher triggers (MessageQueueTrigger schemes sqs+stream and kafka+stream), as an installed
 # provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,
 # and Airflow discovers the schemes through its apache_airflow_provider entry point. Astro Runtime's ONBUILD steps have

@@ -233,8 +233,6 @@ def airflow_env() -> dict[str, str]:
             # Off by default; should someone enable it, its server binds this instead of 0.0.0.0.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LISTEN_HOST,
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-            # A triggerer that died hands its watchers to a new one after this long (default 30 s).
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
             "EVENTS_FAULTS_DIR": str(STATE / "faults"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
