@@ -1,9 +1,10 @@
 """Pre-loads the inference model in the processes that fork task processes (README "Performance").
 
 LocalExecutor forks its workers from the scheduler, and each task process from a worker; a Celery worker forks its
-pool the same way. Loaded there once, scikit-learn and the packaged model are inherited by every task process
-instead of being imported and loaded by each (about 1 s per task here). Other Airflow processes skip it, and so do
-the forked children (LocalExecutor workers, task processes), which load plugins again but inherit the model.
+pool the same way, and loads the plugins before it does (`include/event_pipelines/celery_worker.py`). Loaded there
+once, scikit-learn and the packaged model are inherited by every task process instead of being imported and loaded
+by each (1 s per task at rest here, more under load). Other Airflow processes skip it, and so do the forked children
+(LocalExecutor workers, task processes), which may load plugins again but inherit the model.
 """
 
 import multiprocessing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
@@ -71,6 +72,10 @@ def test_every_pipeline_runs_on_two_celery_workers(stack: Stack, report_line) ->
         hosts = conn.execute(text("SELECT hostname FROM task_instance WHERE state = 'success'")).scalars().all()
     workers = {h.rsplit(":", 1)[-1] for h in hosts}
     assert hosts and workers <= {"worker", "worker-2"}, workers  # LocalExecutor would say "scheduler"
+    # Each worker's main process loaded the plugins, and so the model, before forking its pool (celery_worker.py):
+    # task processes inherit it instead of loading it (~4 s per task at rest).
+    run = Path(stack.info["DEVSTACK_RUN"])
+    assert all("inference model pre-loaded" in (run / f"airflow-{w}.log").read_text() for w in ("worker", "worker-2"))
     owners = watcher_owners(stack)
     assert sum(owners.values()) == _watchers(stack) == 3 and set(owners) <= {"triggerer", "triggerer-2"}
     report_line(f"ha  pipelines on Celery: {figures}; tasks ran on {sorted(workers)}; watchers held by {owners}")
@@ -123,8 +128,6 @@ def test_killing_one_scheduler_leaves_the_other_creating_and_starting_runs(stack
 
 
 def test_killing_a_worker_mid_task_retries_the_task_on_the_other(stack: Stack, report_line) -> None:
-    from pathlib import Path
-
     marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.after_publish"
     marker.write_text("hang:600")
     records = publish.publish_iot(20, devices=2, run_id="haworker", bootstrap=stack.bootstrap)

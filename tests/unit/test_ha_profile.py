@@ -155,8 +155,26 @@ def test_default_profile_is_unchanged(state: Path) -> None:
     env = stack.airflow_env()
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:///")
-    assert not [k for k in env if k.startswith("AIRFLOW__CELERY")]
+    # Only what the Dockerfile ships for every executor (celery_config_options, which LocalExecutor never reads)
+    assert [k for k in env if k.startswith("AIRFLOW__CELERY")] == ["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
     assert stack.env_json()["DEVSTACK_PROFILE"] == "default"
+
+
+def test_celery_workers_load_the_plugins_before_their_pool_forks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dockerfile's ``celery_config_options``: Airflow's own Celery configuration object, unchanged, and a
+    ``worker_init`` receiver (the worker's main process, before the pool forks) that loads the plugins."""
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+    from celery.signals import worker_init
+
+    from include.event_pipelines import celery_worker
+
+    path = stack.airflow_env()["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+    module, _, name = path.rpartition(".")
+    assert module == celery_worker.__name__ and getattr(celery_worker, name) is DEFAULT_CELERY_CONFIG
+    loaded: list[str] = []
+    monkeypatch.setattr("airflow.sdk.plugins_manager.integrate_macros_plugins", lambda: loaded.append("plugins"))
+    worker_init.send(sender=None)
+    assert loaded == ["plugins"]
 
 
 def test_celery_config_as_the_provider_builds_it(ha: Path, monkeypatch: pytest.MonkeyPatch) -> None:
