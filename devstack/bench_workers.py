@@ -6,17 +6,20 @@ client, and a listening client receives the replies (``devstack.bench.ReplyListe
 replies received / (first publish -> last reply). While the burst is processed the CPU of every process group of
 the stack is sampled, and printed per 1,000 replies: what each stage costs, which is what a cluster's sizing needs
 (README "Scale-out"). LocalExecutor runs on PostgreSQL (as ``astro dev start``), like the HA profile. The 1-worker
-row is the HA stack after ``stop worker-2``: same schedulers, triggerers and broker. Prints a table, writes
-``bench/workers.json``.
+row is the HA stack after ``stop worker-2``: same schedulers, triggerers and broker. Each stack first answers a
+warm-up burst (``WARM_UP``). Prints a table, writes ``bench/workers.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +34,55 @@ CONFIGS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "celery-1": ({"DEVSTACK_PROFILE": "ha"}, ("worker-2",)),
 }
 
+WARM_UP = 500  # requests answered before the measured bursts of a stack
 
-def process_groups(stack: Stack) -> dict[str, int]:
-    """component -> process group id, for every component with a PID file (Airflow's, the brokers', Redis) and the
-    PostgreSQL server (its postmaster leads its own group)."""
+
+def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds of a process and its live descendants, with their reaped children (``_group_cpu_seconds``, but by
+    parentage: PostgreSQL's backends are children of the postmaster, not members of a group it leads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)  # field 4 (ppid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += sum(int(f) for f in stats[pid][11:15])  # utime, stime, cutime, cstime
+            todo += children.get(pid, [])
+    return total / tick
+
+
+def cpu_meters(stack: Stack) -> dict[str, Callable[[], float]]:
+    """component -> its CPU seconds so far: every component with a PID file (Airflow's, the brokers', Redis: each
+    leads its process group) and the PostgreSQL server (its postmaster and backends)."""
     run = Path(stack.info["DEVSTACK_RUN"])
-    groups = {p.stem.removeprefix("airflow-"): int(p.read_text().split()[0]) for p in run.glob("*.pid")}
+    meters: dict[str, Callable[[], float]] = {
+        p.stem.removeprefix("airflow-"): partial(_group_cpu_seconds, int(p.read_text().split()[0]))
+        for p in run.glob("*.pid")}
     postmaster = run.parent / "postgres" / "postmaster.pid"  # devstack.stack.PG_DATA of that stack
     if postmaster.is_file():
-        groups["postgres"] = int(postmaster.read_text().split()[0])
-    return groups
+        meters["postgres"] = partial(tree_cpu_seconds, int(postmaster.read_text().split()[0]))
+    return meters
 
 
 def burst(stack: Stack, name: str, count: int, wait: float, replies: ReplyListener) -> dict[str, Any]:
-    groups = process_groups(stack)
-    before = {n: _group_cpu_seconds(g) for n, g in groups.items()}
+    meters = cpu_meters(stack)
+    before = {n: meter() for n, meter in meters.items()}
     started = time.monotonic()
     records = publish.publish_inference(count, run_id=f"w{name.replace('-', '')}{int(time.time())}",
                                         target=stack.target)
     row = measure(stack, "postgres", "sqs", records, "burst", name, wait, replies=replies)
     seconds = time.monotonic() - started
     replied = count - row["no_effect"]
-    cpu = {n: _group_cpu_seconds(g) - before[n] for n, g in groups.items()}
+    cpu = {n: meter() - before[n] for n, meter in meters.items()}
     row.update({
         "executor": name,
         "replied": replied,
@@ -77,9 +107,11 @@ def run(names: list[str], count: int, wait: float) -> list[dict[str, Any]]:
                 stack.up()
                 time.sleep(10)  # start-up work (first parses, first polls) settles
                 with ReplyListener(stack) as replies:
-                    # a small burst first: the first task after a start warms the execution API and the workers
-                    publish.publish_inference(20, run_id=f"warm{profile}{int(time.time())}", target=stack.target)
-                    time.sleep(15)
+                    # A burst first, replied to before measuring: the first tasks after a start warm the execution
+                    # API and the workers, and ElasticMQ's JVM spent ~3 CPU-s per 1,000 messages more while cold.
+                    warm = publish.publish_inference(WARM_UP, run_id=f"warm{profile}{int(time.time())}",
+                                                     target=stack.target)
+                    replies.wait({r["expect"]["request_id"] for r in warm}, wait)
                     for name in sorted(members, key=lambda n: len(CONFIGS[n][1])):
                         for component in CONFIGS[name][1]:
                             stack.cli("stop", component)

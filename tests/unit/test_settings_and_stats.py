@@ -73,3 +73,19 @@ def test_idle_cpu_of_a_group_keeps_the_seconds_of_children_that_exited(tmp_path:
     before = _group_cpu_seconds(42, proc({42: (100, 50, 0, 0), 43: (30, 10, 0, 0)}))
     after = _group_cpu_seconds(42, proc({42: (101, 50, 30, 10)}))  # 43 exited and was reaped by 42
     assert before == 190 / tick and after == 191 / tick
+
+
+def test_cpu_of_a_process_tree_counts_descendants_only(tmp_path: Path) -> None:
+    """bench-workers meters PostgreSQL by parentage (its backends are the postmaster's children, not its group):
+    the postmaster, its children and theirs count; a process elsewhere does not."""
+    import os
+
+    from devstack.bench_workers import tree_cpu_seconds
+
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, ppid, utime in [(10, 1, 5), (11, 10, 7), (12, 11, 3), (13, 1, 1000)]:
+        (tmp_path / str(pid)).mkdir()
+        fields = ["S", str(ppid), "1"] + ["0"] * 8 + [str(utime), "1", "0", "0"] + ["0"] * 5
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (postgres: a backend) " + " ".join(fields))
+    assert tree_cpu_seconds(10, tmp_path) == (5 + 7 + 3 + 3) / tick
+    assert tree_cpu_seconds(99, tmp_path) == 0
