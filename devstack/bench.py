@@ -240,23 +240,45 @@ def mixed(stack: Stack, db: str, settings: str, scale: float, wait: float,
 # --------------------------------------------------------------------------------------------------- checks
 
 
-def _group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
-    """CPU seconds used so far by a process group (a component and its children): user + system time of every live
-    member plus the time of the members' children that have exited and been reaped (cutime + cstime). Without the
-    latter, a child that exits between two samples (the dag-processor's parsing processes do) takes its seconds
-    with it, and the difference can come out negative."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _proc_stats(proc: Path = Path("/proc")) -> dict[int, list[str]]:
+    """pid -> the fields of /proc/<pid>/stat after the command name (field 3, the state, is index 0)."""
+    stats: dict[int, list[str]] = {}
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # field 5 (pgrp), counted after the ")" of the command name
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total / tick
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    return stats
+
+
+def _cpu_ticks(fields: list[str]) -> int:
+    """utime + stime + cutime + cstime: a process's CPU time with that of its children it has reaped. Without the
+    latter, a child that exits between two samples (the dag-processor's parsing processes do) takes its seconds with
+    it, and a difference can come out negative."""
+    return sum(int(f) for f in fields[11:15])
+
+
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds used so far by a process group (a component and its children)."""
+    ticks = sum(_cpu_ticks(f) for f in _proc_stats(proc).values() if int(f[2]) == pgid)  # field 5: pgrp
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
+    """CPU seconds of a process and its live descendants (``group_cpu_seconds``, but by parentage: PostgreSQL's
+    backends are children of the postmaster, not members of a group it leads)."""
+    stats = _proc_stats(proc)
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)  # field 4: ppid
+    ticks, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            ticks += _cpu_ticks(stats[pid])
+            todo += children.get(pid, [])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
@@ -264,9 +286,9 @@ def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
     run = Path(stack.info["DEVSTACK_RUN"])
     names = components(stack.info.get("DEVSTACK_PROFILE", "default"))  # the profile that stack was started with
     pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in names}
-    before = {n: _group_cpu_seconds(g) for n, g in pgids.items()}
+    before = {n: group_cpu_seconds(g) for n, g in pgids.items()}
     time.sleep(seconds)
-    return {n: round(100 * (_group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}
+    return {n: round(100 * (group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}
 
 
 PARSE_SCRIPT = """

@@ -2,8 +2,8 @@
 ``astro dev start``) and with CeleryExecutor on 2 and on 1 worker (the HA profile), in one harness run.
 
 Each configuration takes the same burst of requests (``--count``, default 2,000) published at once by a long-lived
-client, and a listening client receives the replies (``devstack.bench.ReplyListener``): ``replied_per_s`` is
-replies received / (first publish -> last reply). While the burst is processed the CPU of every process group of
+client, and a listening client receives the replies (``devstack.bench.ReplyListener``): replies/s
+(``effect_msgs_per_s``) is replies received / (first publish -> last reply). While the burst is processed the CPU of every process group of
 the stack is sampled, and printed per 1,000 replies: what each stage costs, which is what a cluster's sizing needs
 (README "Scale-out"). LocalExecutor runs on PostgreSQL (as ``astro dev start``), like the HA profile. The 1-worker
 row is the HA stack after ``stop worker-2``: same schedulers, triggerers and broker. Each stack first answers a
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import publish
-from devstack.bench import ReplyListener, _group_cpu_seconds, machine, measure
+from devstack.bench import ReplyListener, group_cpu_seconds, machine, measure, tree_cpu_seconds
 from devstack.testing import ROOT, Stack, unavailable_reason
 
 # name -> (stack environment, components stopped before the burst)
@@ -37,35 +36,12 @@ CONFIGS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
 WARM_UP = 500  # requests answered before the measured bursts of a stack
 
 
-def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
-    """CPU seconds of a process and its live descendants, with their reaped children (``_group_cpu_seconds``, but by
-    parentage: PostgreSQL's backends are children of the postmaster, not members of a group it leads)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, list[str]] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-    children: dict[int, list[int]] = {}
-    for pid, fields in stats.items():
-        children.setdefault(int(fields[1]), []).append(pid)  # field 4 (ppid)
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += sum(int(f) for f in stats[pid][11:15])  # utime, stime, cutime, cstime
-            todo += children.get(pid, [])
-    return total / tick
-
-
 def cpu_meters(stack: Stack) -> dict[str, Callable[[], float]]:
     """component -> its CPU seconds so far: every component with a PID file (Airflow's, the brokers', Redis: each
     leads its process group) and the PostgreSQL server (its postmaster and backends)."""
     run = Path(stack.info["DEVSTACK_RUN"])
     meters: dict[str, Callable[[], float]] = {
-        p.stem.removeprefix("airflow-"): partial(_group_cpu_seconds, int(p.read_text().split()[0]))
+        p.stem.removeprefix("airflow-"): partial(group_cpu_seconds, int(p.read_text().split()[0]))
         for p in run.glob("*.pid")}
     postmaster = run.parent / "postgres" / "postmaster.pid"  # devstack.stack.PG_DATA of that stack
     if postmaster.is_file():
@@ -86,7 +62,6 @@ def burst(stack: Stack, name: str, count: int, wait: float, replies: ReplyListen
     row.update({
         "executor": name,
         "replied": replied,
-        "replied_per_s": row["effect_msgs_per_s"],
         "window_s": round(seconds, 1),
         "cpu_s_per_1000": {n: round(1000 * s / max(replied, 1), 2) for n, s in sorted(cpu.items(), key=lambda x: -x[1])},
         "cpu_cores_busy": round(sum(cpu.values()) / seconds, 2),
@@ -128,7 +103,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         top = ", ".join(f"{n} {s}" for n, s in list(r["cpu_s_per_1000"].items())[:6])
         lines.append(f"{r['executor']:<9} {r['sent']:>5} {r['replied']:>7} {r['lost']:>4} {r['reply_duplicates']:>3} "
-                     f"{r['runs']:>4} {r['replied_per_s']:>9.1f} {r['effect_p50_s'] or 0:>6.2f} "
+                     f"{r['runs']:>4} {r['effect_msgs_per_s']:>9.1f} {r['effect_p50_s'] or 0:>6.2f} "
                      f"{r['effect_p95_s'] or 0:>6.2f} {r['effect_max_s'] or 0:>6.2f} {r['cpu_cores_busy']:>10.2f}  {top}")
     return "\n".join(lines)
 

@@ -57,7 +57,7 @@ def test_idle_cpu_of_a_group_keeps_the_seconds_of_children_that_exited(tmp_path:
     must not drop (the benchmark once printed dag-processor: -2.6 % of a core)."""
     import os
 
-    from devstack.bench import _group_cpu_seconds
+    from devstack.bench import group_cpu_seconds
 
     tick = os.sysconf("SC_CLK_TCK")
 
@@ -70,8 +70,8 @@ def test_idle_cpu_of_a_group_keeps_the_seconds_of_children_that_exited(tmp_path:
         (root / "self").mkdir(parents=True)
         return root
 
-    before = _group_cpu_seconds(42, proc({42: (100, 50, 0, 0), 43: (30, 10, 0, 0)}))
-    after = _group_cpu_seconds(42, proc({42: (101, 50, 30, 10)}))  # 43 exited and was reaped by 42
+    before = group_cpu_seconds(42, proc({42: (100, 50, 0, 0), 43: (30, 10, 0, 0)}))
+    after = group_cpu_seconds(42, proc({42: (101, 50, 30, 10)}))  # 43 exited and was reaped by 42
     assert before == 190 / tick and after == 191 / tick
 
 
@@ -80,7 +80,7 @@ def test_cpu_of_a_process_tree_counts_descendants_only(tmp_path: Path) -> None:
     the postmaster, its children and theirs count; a process elsewhere does not."""
     import os
 
-    from devstack.bench_workers import tree_cpu_seconds
+    from devstack.bench import tree_cpu_seconds
 
     tick = os.sysconf("SC_CLK_TCK")
     for pid, ppid, utime in [(10, 1, 5), (11, 10, 7), (12, 11, 3), (13, 1, 1000)]:
