@@ -3,18 +3,21 @@
 LocalExecutor forks its workers from the scheduler, and each task process from a worker; a Celery worker forks its
 pool the same way, and loads the plugins before it does (`include/event_pipelines/celery_worker.py`). Loaded there
 once, scikit-learn and the packaged model are inherited by every task process instead of being imported and loaded
-by each (1 s per task at rest here, more under load). Other Airflow processes skip it, and so do the forked children
-(LocalExecutor workers, task processes), which may load plugins again but inherit the model.
+by each (1 s per task at rest here, more under load). Other Airflow processes skip it (a CeleryExecutor scheduler
+too: it forks no task), and so do the forked children (LocalExecutor workers, task processes), which may load
+plugins again but inherit the model (`hooks.forks_task_processes`).
 """
 
 import multiprocessing
 import sys
 
+from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from include.inference_execution import hooks
 
-if sys.argv[1:2] in (["scheduler"], ["celery"]) and multiprocessing.parent_process() is None:
+forked = multiprocessing.parent_process() is not None
+if hooks.forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), forked):
     hooks.warm_up()
 
 
