@@ -73,9 +73,11 @@ bench: venv
 	$(PYTHON) -m devstack.bench $(BENCH_ARGS)
 
 ## bench-workers: inference replies per second with LocalExecutor and with CeleryExecutor on 2 and 1 workers (HA
-## profile; needs Debian's postgresql and redis-server), with the CPU each stage costs; writes bench/workers.json
+## profile; needs Debian's postgresql and redis-server), with the CPU each stage costs; writes bench/workers.json;
+## e.g. make bench-workers WORKERS_ARGS="--executors local celery-1 --count 500" (its options are not bench's)
+WORKERS_ARGS ?=
 bench-workers: venv
-	$(PYTHON) -m devstack.bench_workers $(BENCH_ARGS)
+	$(PYTHON) -m devstack.bench_workers $(WORKERS_ARGS)
 
 status: venv
 	$(PYTHON) -m devstack.stack status
