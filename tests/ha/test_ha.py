@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,13 @@ TAKEOVER_BOUND_S = 60
 
 
 def _airflow(stack: Stack) -> Any:
-    return create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    return _engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+
+
+@cache
+def _engine(url: str) -> Any:
+    """One engine (one pool) per database: the takeover wait polls twice a second."""
+    return create_engine(url)
 
 
 def watcher_owners(stack: Stack) -> dict[str, int]:
