@@ -191,7 +191,7 @@ def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping
 def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
     """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
     ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
-    from include.event_pipelines.messages import raw_bytes
+    from include.event_pipelines.messages import raw_bytes, raw_key
 
     if dead_letters:
         from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
@@ -205,7 +205,7 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
                 continue
             producer.produce(
                 dlq_topic,
-                key=(env.key or "").encode() or None,
+                key=raw_key(env),
                 value=raw_bytes(env),
                 headers={"reason": str(d["reason"]).encode(), "source_message_id": env.message_id.encode()},
                 on_delivery=lambda err, msg: errors.append(str(err)) if err is not None else None,

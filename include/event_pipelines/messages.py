@@ -44,7 +44,9 @@ class Envelope(BaseModel):
     partition: int | None = None
     offset: int | None = None
     key: str | None = None
+    key_b64: str | None = None  # set instead of ``key`` when the key's bytes are not valid UTF-8
     broker_timestamp_ms: int | None = None
+    read_from: int | None = None  # Kafka: the consumer's read started here; earlier offsets hold no record
     body_omitted_bytes: int | None = None  # the body was over MAX_BODY_BYTES and left out by the trigger
 
     @classmethod
@@ -121,6 +123,13 @@ def raw_bytes(envelope: Envelope) -> bytes:
     if envelope.body_b64 is not None:
         return base64.b64decode(envelope.body_b64)
     return (envelope.body or "").encode("utf-8")
+
+
+def raw_key(envelope: Envelope) -> bytes | None:
+    """The Kafka record's key as the broker delivered it (``None`` when it had none)."""
+    if envelope.key_b64 is not None:
+        return base64.b64decode(envelope.key_b64)
+    return envelope.key.encode("utf-8") if envelope.key is not None else None
 
 
 def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:

@@ -24,7 +24,10 @@ def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:
     if envelope.source == "manual":
         return None
     if envelope.broker_timestamp_ms is not None:
-        return datetime.fromtimestamp(envelope.broker_timestamp_ms / 1000, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(envelope.broker_timestamp_ms / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):  # a broker timestamp no datetime holds: no wait to report
+            return None
     if body_field is None or not envelope.body:
         return None
     try:

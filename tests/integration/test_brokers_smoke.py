@@ -201,3 +201,77 @@ def test_sqs_visibility_timeout_and_redrive(stack):
     assert {m["Body"] for m in moved} == bodies
     for m in moved:
         sqs.delete_message(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"])
+
+
+def _transactional_topic(bootstrap: str, topic: str, transactions: int, per: int, abort_every: int) -> set[str]:
+    """``transactions`` transactions of ``per`` records each on one partition, every ``abort_every``-th aborted;
+    returns the values a ``read_committed`` consumer can see."""
+    from confluent_kafka import Producer
+
+    brokers.create_topics(bootstrap, {topic: 1})
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}", "acks": "all"})
+    producer.init_transactions(30)
+    visible: set[str] = set()
+    for t in range(transactions):
+        producer.begin_transaction()
+        values = [f"tx{t}-r{i}" for i in range(per)]
+        for v in values:
+            producer.produce(topic, key=f"dev-{t % 3}", value=v.encode())
+        if abort_every and t % abort_every == abort_every - 1:
+            assert producer.flush(30) == 0  # written to the log, then aborted (unflushed ones would just be purged)
+            producer.abort_transaction(30)
+        else:
+            producer.commit_transaction(30)
+            visible |= set(values)
+    return visible
+
+
+def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_partition(stack, tmp_path, monkeypatch):
+    """Transaction markers and aborted records hold offsets no consumer receives: settling every record the trigger
+    delivered must still commit the end of the partition (lag 0), not stop at the first marker."""
+    import json
+
+    from confluent_kafka import Consumer, TopicPartition
+    from sqlalchemy import create_engine
+
+    from event_streams.kafka_offsets import commit_settled, kafka_settled, settled_intervals
+    from event_streams.triggers import StreamingKafkaTrigger
+    from include.event_pipelines.messages import Envelope
+
+    bootstrap, topic, group = stack["bootstrap"], f"tx-{uuid.uuid4().hex[:8]}", f"tx-group-{uuid.uuid4().hex[:8]}"
+    brokers.warm_group_coordinator(bootstrap, 60)  # as `make up` does: a fresh broker answers NOT_COORDINATOR first
+    visible = _transactional_topic(bootstrap, topic, transactions=40, per=5, abort_every=4)
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_TX", json.dumps(
+        {"conn_type": "kafka", "extra": {"bootstrap.servers": bootstrap, "group.id": group}}))
+    trigger = StreamingKafkaTrigger(topics=[topic], kafka_config_id="kafka_tx", redelivery_seconds=3600,
+                                    linger_seconds=0, max_messages_per_event=30)
+    trigger._consumer = trigger._open()
+    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        trigger._assign(trigger._consumer, set())
+        events: list[list[Envelope]] = []
+        deadline = time.monotonic() + 60
+        while sum(map(len, events)) < len(visible) and time.monotonic() < deadline:
+            batch = trigger.gather()
+            if batch:
+                events.append([Envelope.model_validate(r) for r in batch])
+        assert {e.body for ev in events for e in ev} == visible  # 30 committed transactions x 5, none aborted
+        for ev in events:  # one run per event, each settling its records
+            commit_settled(engine, trigger._consumer, group, ev)
+        _, end = trigger._consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        assert end == 40 * 6  # 5 records and one marker per transaction
+        # the trigger reads on, nothing more to deliver: its position moves past the last marker and aborted records
+        assert trigger.gather() == [] and trigger.gather() == []
+        trigger.redeliver(time.monotonic())  # the trigger's own check: the last marker is committed too
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            [committed] = probe.committed([TopicPartition(topic, 0)], timeout=30)
+        finally:
+            probe.close()
+        assert committed.offset == end, f"committed {committed.offset}, end of partition {end}"
+        with engine.connect() as conn:  # settled state pruned as the watermark passed it
+            assert conn.execute(kafka_settled.select()).fetchall() == []
+        # before: a range per record run between markers, and the watermark stopped at the first marker (offset 5)
+        assert len(settled_intervals(e for ev in events for e in ev)[(topic, 0)]) == 1
+    finally:
+        trigger._consumer.close()

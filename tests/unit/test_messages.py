@@ -14,6 +14,7 @@ from include.event_pipelines.messages import (
     envelopes_from_conf,
     kafka_message_to_event,
     raw_bytes,
+    raw_key,
 )
 
 
@@ -108,3 +109,10 @@ def test_a_streamed_kafka_batch_yields_every_record_once() -> None:
     events = [{"payload": {"source": "kafka_batch", "records": records}},
               {"payload": {"source": "kafka_batch", "records": records[1:]}}]  # re-read after a triggerer restart
     assert [e.message_id for e in envelopes_from_asset_events(events)] == [f"iot-readings/2/{i}" for i in range(3)]
+
+
+def test_dead_letter_copies_keep_the_original_key_bytes() -> None:
+    binary = Envelope(source="kafka", message_id="t/0/1", body="{}", key_b64="/wBkZXY=")
+    assert raw_key(binary) == b"\xff\x00dev"
+    assert raw_key(Envelope(source="kafka", message_id="t/0/2", body="{}", key="pump-1")) == b"pump-1"
+    assert raw_key(Envelope(source="kafka", message_id="t/0/3", body="{}")) is None

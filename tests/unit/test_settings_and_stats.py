@@ -89,3 +89,10 @@ def test_cpu_of_a_process_tree_counts_descendants_only(tmp_path: Path) -> None:
         (tmp_path / str(pid) / "stat").write_text(f"{pid} (postgres: a backend) " + " ".join(fields))
     assert tree_cpu_seconds(10, tmp_path) == (5 + 7 + 3 + 3) / tick
     assert tree_cpu_seconds(99, tmp_path) == 0
+
+
+def test_a_broker_timestamp_no_datetime_holds_leaves_only_that_message_out_of_the_wait() -> None:
+    start = datetime(2026, 11, 24, 8, 0, 10, tzinfo=timezone.utc)
+    envs = [Envelope(source="kafka", message_id="t/0/0", broker_timestamp_ms=2**62),
+            Envelope(source="kafka", message_id="t/0/1", broker_timestamp_ms=int((start.timestamp() - 4) * 1000))]
+    assert summarize(start, envs, None) == {"messages": 2, "wait_p50_s": 4.0, "wait_max_s": 4.0}

@@ -36,6 +36,7 @@ class Envelope:
     topic: str | None = None
     partition: int | None = None
     offset: int | None = None
+    read_from: int | None = None
 
 
 def kafka(offsets: Any, partition: int = 0, topic: str = T) -> list[Envelope]:
@@ -76,6 +77,25 @@ def test_settled_intervals_split_at_gaps_per_partition() -> None:
     envelopes = kafka([3, 4, 5, 8, 9, 5]) + kafka([0], partition=1) + [Envelope(source="sqs", message_id="m")]
     assert settled_intervals(envelopes) == {(T, 0): [(3, 6), (8, 10)], (T, 1): [(0, 1)]}
     assert settled_intervals([]) == {}
+
+
+def test_settled_intervals_cover_the_offsets_read_over_before_each_record() -> None:
+    """Records 0-4, a marker at 5, an aborted transaction at 6-11 and its marker at 12, records 13-14: the run got
+    seven records and the trigger said where each read started."""
+    got = [Envelope("kafka", f"{T}/0/{o}", "{}", T, 0, o, read_from=r)
+           for o, r in [(0, None), (1, None), (2, None), (3, None), (4, None), (13, 5), (14, None)]]
+    assert settled_intervals(got) == {(T, 0): [(0, 15)]}
+    assert watermark(0, settled_intervals(got)[(T, 0)]) == 15  # before: the watermark stopped at the marker, 5
+    # a read_from after the offset (a stale value) or below 0 is ignored: the record's own offset
+    odd = [Envelope("kafka", "x", "{}", T, 0, 7, read_from=9), Envelope("kafka", "y", "{}", T, 0, 3, read_from=-2)]
+    assert settled_intervals(odd) == {(T, 0): [(3, 4), (7, 8)]}
+
+
+def test_a_compacted_partition_commits_through_its_holes(engine: Engine) -> None:
+    group = FakeGroup()
+    holes = [Envelope("kafka", f"{T}/0/{o}", "{}", T, 0, o, read_from=r) for o, r in [(0, None), (4, 1), (9, 5)]]
+    assert commit_settled(engine, group, "g", holes) == {(T, 0): 10}
+    assert stored(engine) == []
 
 
 def test_watermark_moves_through_contiguous_intervals_only() -> None:

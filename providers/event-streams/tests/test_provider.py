@@ -130,6 +130,15 @@ def test_kafka_record_is_json_safe_and_bounded() -> None:
     assert big["body_omitted_bytes"] == 11 and not big.keys() & {"body", "body_b64", "key", "broker_timestamp_ms"}
 
 
+def test_kafka_record_keeps_key_bytes_and_where_the_read_started() -> None:
+    odd = payload.kafka_record(Record(b"{}", key=b"\xff\x00dev"), read_from=4)
+    assert odd["key_b64"] == "/wBkZXY=" and "key" not in odd
+    assert odd["read_from"] == 4
+    assert "read_from" not in payload.kafka_record(Record(b"{}"), read_from=9)  # the record's own offset
+    for stamp in (2**62, -5, payload.MAX_TIMESTAMP_MS + 1):  # a broker timestamp no datetime holds is left out
+        assert "broker_timestamp_ms" not in payload.kafka_record(Record(b"{}", timestamp=stamp))
+
+
 class Consumer:
     def __init__(self, records: list[Record]) -> None:
         self.records = records

@@ -98,10 +98,11 @@ def test_sqs_empty_long_poll_yields_nothing() -> None:
 
 
 class FakeRecord:
-    def __init__(self, offset: int, size: int = 14, partition: int = 0) -> None:
+    def __init__(self, offset: int, size: int = 14, partition: int = 0, key: bytes = b"dev-1") -> None:
         self._offset = offset
         self._value = b'{"reading": 1}' if size == 14 else b"x" * size
         self._partition = partition
+        self._key = key
 
     def error(self) -> None:
         return None
@@ -110,7 +111,7 @@ class FakeRecord:
         return self._value
 
     def key(self) -> bytes:
-        return b"dev-1"
+        return self._key
 
     def timestamp(self) -> tuple[int, int]:
         return 1, 1_700_000_000_000
@@ -195,6 +196,24 @@ def test_kafka_event_stays_under_max_event_bytes_and_the_rest_opens_the_next() -
     assert [r["offset"] for r in trigger._carry] == [2, 3]  # consumed already: kept, in order
     assert [r["offset"] for r in trigger.gather()] == [2, 3]
     assert trigger.gather() == [] and not trigger._carry
+
+
+def test_kafka_keys_count_toward_max_event_bytes() -> None:
+    consumer = ScriptedConsumer()
+    consumer.fetched += [FakeRecord(i, size=10, key=b"k" * 400) for i in range(3)]
+    events = _all_of(_kafka(consumer, max_event_bytes=1000, linger_seconds=0).gather)
+    assert [[r["offset"] for r in e] for e in events] == [[0, 1], [2]]  # 410 bytes each with its key
+
+
+def test_kafka_records_say_where_the_read_before_them_started() -> None:
+    """Assigned at 10: records 10, 11, then 15 (12-14: a marker and an aborted transaction), then 16."""
+    consumer = ScriptedConsumer()
+    consumer.fetched += [FakeRecord(o) for o in (10, 11, 15, 16)]
+    trigger = _kafka(consumer, linger_seconds=0)
+    trigger._next[("iot-readings", 0)] = trigger._records_end[("iot-readings", 0)] = 10
+    records = trigger.gather()
+    assert [(r["offset"], r.get("read_from")) for r in records] == [(10, None), (11, None), (15, 12), (16, None)]
+    assert trigger._records_end[("iot-readings", 0)] == 17
 
 
 def test_kafka_a_single_record_over_max_event_bytes_goes_alone() -> None:
@@ -288,6 +307,11 @@ class GroupView:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
         self.position_offset = tp.offset
 
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        [tp] = offsets
+        self.committed_offset = tp.offset
+
 
 def _watching(view: GroupView, seconds: float = 120) -> StreamingKafkaTrigger:
     trigger = StreamingKafkaTrigger(topics=["iot-readings"], redelivery_seconds=seconds)
@@ -338,6 +362,23 @@ def test_rewind_without_a_committed_offset_goes_to_the_reset_position() -> None:
     trigger = _watching(view, seconds=10)
     assert trigger.redeliver(0) == [] and trigger.redeliver(10) == [("iot-readings", 0, OFFSET_BEGINNING)]
     assert view.seeks == [("iot-readings", 0, OFFSET_BEGINNING)]
+
+
+def test_the_trigger_commits_a_trailing_stretch_without_records_once_all_before_it_is_settled() -> None:
+    """Records up to 49 were delivered and settled (committed 50); the consumer read on to 52 over a transaction's
+    marker and records nobody receives: the trigger commits 52 itself, at once, and never re-reads."""
+    view = GroupView(committed=50, position=52)
+    trigger = _watching(view)
+    key = ("iot-readings", 0)
+    trigger._next[key] = trigger._records_end[key] = 50
+    trigger._carry.append({"topic": "iot-readings", "partition": 0, "offset": 52})  # taken, not delivered yet
+    assert trigger.redeliver(0) == [] and view.committed_offset == 50  # a record of it waits: not yet
+    trigger._carry.clear()
+    trigger._records_end[key] = 51  # the record at 50 is in an event whose run has not settled it
+    assert trigger.redeliver(1) == [] and view.committed_offset == 50
+    trigger._records_end[key] = 50
+    assert trigger.redeliver(2) == [] and view.committed_offset == 52
+    assert trigger.redeliver(500) == [] and view.seeks == []
 
 
 def test_redelivery_settings_round_trip_through_serialize() -> None:

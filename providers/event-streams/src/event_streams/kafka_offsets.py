@@ -4,7 +4,9 @@ A run settles (its effects durable, its dead letters flushed) a set of offsets p
 order and some fail for good, so committing "highest offset + 1" would skip the records of a failed run. Instead
 each run stores its settled offset ranges (``kafka_settled``), and the group's committed offset moves to the
 *contiguous low watermark*: from the committed offset through every stored range that starts at or before it.
-A record no run settled stops it; the watcher trigger re-reads from there once the committed offset has stood
+A range runs from where the consumer's read started to the record after the last one, so offsets no consumer ever
+receives (transaction markers, aborted records, compacted holes) are settled with the records around them; the
+trigger commits a trailing stretch of them itself (``StreamingKafkaTrigger``). A record no run settled stops it; the watcher trigger re-reads from there once the committed offset has stood
 still behind its position for ``redelivery_seconds``.
 
 Imported at run time only (trigger and task), never while a DAG file is parsed.
@@ -46,6 +48,7 @@ class Envelope(Protocol):
     topic: str | None
     partition: int | None
     offset: int | None
+    # optional: read_from (where the consumer's read before this record started), see settled_intervals
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -66,20 +69,28 @@ RESET_VALUES = ("earliest", "latest")
 
 # --- pure ----------------------------------------------------------------------------------------------------------
 def settled_intervals(envelopes: Iterable[Envelope]) -> dict[Partition, list[Interval]]:
-    """Per partition, the ``[first, last + 1)`` ranges of consecutive offsets among the run's Kafka envelopes."""
-    offsets: dict[Partition, set[int]] = {}
+    """Per partition, the merged ``[read_from, offset + 1)`` ranges the run's Kafka envelopes cover.
+
+    A record's range starts where the consumer's read started (``read_from``, set by the streaming trigger): the
+    offsets between the previous record and this one hold nothing a consumer receives (transaction markers, aborted
+    records under ``read_committed``, compacted holes), so settling the record settles them too. Without
+    ``read_from`` (another trigger's payload) the range is the record's own offset.
+    """
+    spans: dict[Partition, list[Interval]] = {}
     for e in envelopes:
         if e.source == "kafka" and e.topic is not None and e.partition is not None and e.offset is not None:
-            offsets.setdefault((e.topic, e.partition), set()).add(e.offset)
+            start = getattr(e, "read_from", None)
+            start = e.offset if start is None or not 0 <= start <= e.offset else start
+            spans.setdefault((e.topic, e.partition), []).append((start, e.offset + 1))
     result: dict[Partition, list[Interval]] = {}
-    for key, found in offsets.items():
-        intervals: list[Interval] = []
-        for offset in sorted(found):
-            if intervals and intervals[-1][1] == offset:
-                intervals[-1] = (intervals[-1][0], offset + 1)
+    for key, found in spans.items():
+        merged: list[Interval] = []
+        for start, end in sorted(found):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
             else:
-                intervals.append((offset, offset + 1))
-        result[key] = intervals
+                merged.append((start, end))
+        result[key] = merged
     return result
 
 

@@ -17,26 +17,36 @@ RECORDS = "records"  # Kafka payload: the list of records (each a ``kafka_record
 BODY_OMITTED_BYTES = "BodyOmittedBytes"  # SQS message: the size of a body left out of the event
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's own message size limit
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: a broker timestamp past it is left out
 
 
-def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> dict[str, Any]:
+def _text_or_b64(value: bytes | None) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    try:
+        return value.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return None, base64.b64encode(value).decode("ascii")
+
+
+def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_from: int | None = None
+                 ) -> dict[str, Any]:
     """One consumed ``confluent_kafka.Message`` as a JSON-safe dict; ``None`` values are left out.
 
     Keys: ``source`` ("kafka"), ``message_id`` (``topic/partition/offset``), ``body`` (UTF-8 text) or ``body_b64``
     (other bytes) or ``body_omitted_bytes`` (over ``max_body_bytes``), ``topic``, ``partition``, ``offset``,
-    ``key``, ``broker_timestamp_ms``.
+    ``key`` (UTF-8 text) or ``key_b64`` (other bytes), ``broker_timestamp_ms`` (left out unless in year 1970-9999),
+    ``read_from`` (given by the trigger when the consumer's read started before ``offset``: the offsets in between
+    hold nothing a consumer receives).
     """
     value: bytes | None = message.value()
     body: str | None = None
     body_b64: str | None = None
     omitted = len(value) if value is not None and len(value) > max_body_bytes else None
     if value is not None and omitted is None:
-        try:
-            body = value.decode("utf-8")
-        except UnicodeDecodeError:
-            body_b64 = base64.b64encode(value).decode("ascii")
+        body, body_b64 = _text_or_b64(value)
     raw_key = message.key()
-    key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else raw_key
+    key, key_b64 = _text_or_b64(raw_key) if isinstance(raw_key, bytes) else (raw_key, None)
     _, timestamp_ms = message.timestamp()
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     record = {
@@ -48,7 +58,9 @@ def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> 
         "partition": partition,
         "offset": offset,
         "key": key,
-        "broker_timestamp_ms": timestamp_ms if timestamp_ms and timestamp_ms > 0 else None,
+        "key_b64": key_b64,
+        "broker_timestamp_ms": timestamp_ms if timestamp_ms and 0 < timestamp_ms <= MAX_TIMESTAMP_MS else None,
         "body_omitted_bytes": omitted,
+        "read_from": read_from if read_from is not None and 0 <= read_from < offset else None,
     }
     return {k: v for k, v in record.items() if v is not None}

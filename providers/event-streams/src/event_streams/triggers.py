@@ -59,12 +59,12 @@ def sqs_body_bytes(message: Mapping[str, Any]) -> int:
 
 
 def kafka_body_bytes(record: Any) -> int:
-    """The bytes the record's body takes in the event (base64 text for a body that is not UTF-8); for what an
-    ``apply_function`` returned in another shape, the size of its JSON."""
+    """The bytes the record takes in the event: body and key (base64 text for bytes that are not UTF-8); for what
+    an ``apply_function`` returned in another shape, the size of its JSON."""
     if isinstance(record, Mapping) and record.keys() & {"body", "body_b64", "body_omitted_bytes"}:
-        if record.get("body") is not None:
-            return len(record["body"].encode("utf-8"))
-        return len(record.get("body_b64") or "")
+        body = record["body"].encode("utf-8") if record.get("body") is not None else (record.get("body_b64") or "")
+        key = record["key"].encode("utf-8") if record.get("key") is not None else (record.get("key_b64") or "")
+        return len(body) + len(key)
     return len(json.dumps(record, default=str).encode("utf-8"))
 
 
@@ -302,6 +302,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self._assigned: set[tuple[str, int]] = set()
         self._carry: deque[Any] = deque()  # consumed, did not fit the last event: first in the next
         self._unsettled: dict[tuple[str, int], tuple[int, float]] = {}  # behind: committed offset, unchanged since
+        # per partition: the offset the consumer reads next (known after assign or seek), and the offset after the
+        # last record taken (or the start when none was): offsets in between hold nothing a consumer receives
+        self._next: dict[tuple[str, int], int] = {}
+        self._records_end: dict[tuple[str, int], int] = {}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -354,6 +358,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                     raise KafkaException(tp.error)
                 if tp.offset < 0:
                     tp.offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
+                else:
+                    self._next[(tp.topic, tp.partition)] = self._records_end[(tp.topic, tp.partition)] = tp.offset
             consumer.incremental_assign(positions)
             self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
         self._assigned = wanted
@@ -378,17 +384,26 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         return batch.items
 
     def _record(self, message: Any) -> Any:
-        """The event's form of one consumed message: the apply function's result, or ``payload.kafka_record``."""
+        """The event's form of one consumed message: the apply function's result, or ``payload.kafka_record``;
+        a mapping with an ``offset`` gets ``read_from`` when the read started at an earlier offset."""
+        key = (message.topic(), message.partition())
+        offset = message.offset()
+        read_from = self._next.get(key)
+        read_from = read_from if read_from is not None and read_from < offset else None
+        self._next[key] = self._records_end[key] = offset + 1
         if self._convert is None:
             if self.apply_function:
                 from airflow.providers.common.compat.module_loading import import_string
 
                 self._convert = import_string(self.apply_function)
             else:
-                self._convert = lambda m: payload.kafka_record(m, self.max_message_bytes)
-        if self.apply_function:
-            return self._convert(message, *self.apply_function_args, **self.apply_function_kwargs)
-        return self._convert(message)
+                self._convert = lambda m, start: payload.kafka_record(m, self.max_message_bytes, start)
+        if not self.apply_function:
+            return self._convert(message, read_from)
+        record = self._convert(message, *self.apply_function_args, **self.apply_function_kwargs)
+        if read_from is not None and isinstance(record, dict) and record.get("offset") == offset:
+            record["read_from"] = read_from
+        return record
 
     def _take(self, count: int, timeout: float) -> list[Any]:
         """Up to ``count`` records: ``consume`` returns when it has them all or ``timeout`` has passed."""
@@ -404,6 +419,24 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                     raise RuntimeError(f"fatal Kafka error: {err}")
                 self.log.warning("Kafka: %s (retrying)", err)
         return records
+
+    def commit_gap(self, key: tuple[str, int], committed: int, position: int) -> bool:
+        """Commit ``position`` when everything before it that a consumer receives is settled: the committed offset
+        has reached the end of the last record taken, and the consumer has read on to ``position`` over offsets
+        that hold no record (a transaction's closing marker, aborted records, compacted holes). Only such a
+        stretch: a run can never commit past it (its records all end at or before ``committed``)."""
+        from confluent_kafka import TopicPartition
+
+        if committed < 0 or position <= committed:
+            return False
+        if committed < self._records_end.get(key, position) or any(
+            isinstance(r, Mapping) and (r.get("topic"), r.get("partition")) == key for r in self._carry
+        ):
+            return False
+        self._consumer.commit(offsets=[TopicPartition(key[0], key[1], position)], asynchronous=False)
+        self.log.info("committed %s/%s at %s: offsets %s-%s hold no record a consumer receives", *key, position,
+                      committed, position - 1)
+        return True
 
     def redeliver(self, now: float) -> list[tuple[str, int, int]]:
         """Seek back to the committed offset of every partition where it has stood still behind the position for
@@ -430,6 +463,12 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             if read < 0 or read <= done:
                 self._unsettled.pop(key, None)  # everything read is settled
                 continue
+            try:
+                if self.commit_gap(key, done, read):
+                    self._unsettled.pop(key, None)
+                    continue
+            except KafkaException as exc:
+                self.log.warning("Kafka: commit of %s/%s at %s failed (%s); retrying later", *key, read, exc)
             seen = self._unsettled.get(key)
             if seen is None or seen[0] != done:
                 self._unsettled[key] = (done, now)  # fell behind, or the committed offset moved: the clock starts
@@ -447,6 +486,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             self._carry = deque(r for r in self._carry
                                 if not isinstance(r, Mapping) or (r.get("topic"), r.get("partition")) != key)
             self._unsettled[key] = (done, now)
+            if target >= 0:
+                self._next[key] = target
+            else:
+                self._next.pop(key, None)
             self.log.warning("re-reading %s/%s from %s: not settled for %.0f s", key[0], key[1],
                              done if done >= 0 else ("the beginning" if self._from_beginning else "the end"), stalled)
             sought.append((key[0], key[1], target))
@@ -484,6 +527,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         consumer, self._consumer = self._consumer, None
         self._carry.clear()  # read again from the committed offsets by the next consumer
         self._unsettled.clear()
+        self._next.clear()
+        self._records_end.clear()
         self._assigned = set()
         if consumer is not None:
             try:
