@@ -11,6 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -388,3 +389,43 @@ def test_redelivery_settings_round_trip_through_serialize() -> None:
     assert StreamingKafkaTrigger(**kwargs).serialize() == (path, kwargs)
     sqs = _sqs(max_event_bytes=10, max_message_bytes=5)
     assert StreamingSqsTrigger(**sqs.serialize()[1]).serialize() == sqs.serialize()
+
+
+class Partitions:
+    """A consumer's view of a topic with three partitions: 0 has a committed offset, 1 and 2 have none."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[tuple[str, int, int]]] = []
+        self.assigned: list[tuple[str, int, int]] = []
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        meta = type("T", (), {"error": None, "partitions": {0: None, 1: None, 2: None}})
+        return type("M", (), {"topics": {topic: meta}})
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, 7 if tp.partition == 0 else OFFSET_INVALID)
+                for tp in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return 3, 40  # log start 3 (retention), end 40
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned += [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+
+
+@pytest.mark.parametrize(("from_beginning", "start"), [(True, 3), (False, 40)])
+def test_a_partition_without_a_committed_offset_starts_at_a_committed_reset_position(from_beginning: bool,
+                                                                                     start: int) -> None:
+    """With ``latest``, a first run that fails for good must hold the offset back: the start is committed first."""
+    consumer = Partitions()
+    trigger = StreamingKafkaTrigger(topics=["t"])
+    trigger._from_beginning = from_beginning
+    trigger._consumer = consumer
+    trigger._assign(consumer, set())
+    assert consumer.commits == [[("t", 1, start), ("t", 2, start)]]  # partition 0 keeps its own
+    assert consumer.assigned == [("t", 0, 7), ("t", 1, start), ("t", 2, start)]
+    assert trigger._next == {("t", 0): 7, ("t", 1): start, ("t", 2): start}

@@ -340,9 +340,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         The committed offsets are fetched here, explicitly: on a fresh broker the group coordinator is not ready at
         first (``NOT_COORDINATOR``), and an ``assign()`` left to fetch them itself then never starts reading. An error
         raises, and ``run`` retries with back-off. A partition with no committed offset starts where the
-        connection's ``auto.offset.reset`` says.
+        connection's ``auto.offset.reset`` says, and that offset is committed at once: what the runs settle counts
+        from there, so with ``latest`` a first run that fails for good holds the offset back like any other.
         """
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         wanted: set[tuple[str, int]] = set()
         for topic in self.topics:
@@ -353,13 +354,17 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         new = sorted(wanted - assigned)
         if new:
             positions = consumer.committed([TopicPartition(t, p) for t, p in new], timeout=30)
+            started = []
             for tp in positions:
                 if tp.error is not None:
                     raise KafkaException(tp.error)
                 if tp.offset < 0:
-                    tp.offset = OFFSET_BEGINNING if self._from_beginning else OFFSET_END
-                else:
-                    self._next[(tp.topic, tp.partition)] = self._records_end[(tp.topic, tp.partition)] = tp.offset
+                    low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    tp.offset = low if self._from_beginning else high
+                    started.append(TopicPartition(tp.topic, tp.partition, tp.offset))
+                self._next[(tp.topic, tp.partition)] = self._records_end[(tp.topic, tp.partition)] = tp.offset
+            if started:
+                consumer.commit(offsets=started, asynchronous=False)
             consumer.incremental_assign(positions)
             self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
         self._assigned = wanted
