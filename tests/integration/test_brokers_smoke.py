@@ -226,15 +226,26 @@ def _transactional_topic(bootstrap: str, topic: str, transactions: int, per: int
     return visible
 
 
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        [committed] = probe.committed([TopicPartition(topic, 0)], timeout=30)
+    finally:
+        probe.close()
+    return committed.offset
+
+
 def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_partition(stack, tmp_path, monkeypatch):
     """Transaction markers and aborted records hold offsets no consumer receives: settling every record the trigger
     delivered must still commit the end of the partition (lag 0), not stop at the first marker."""
     import json
 
-    from confluent_kafka import Consumer, TopicPartition
-    from sqlalchemy import create_engine
+    from confluent_kafka import TopicPartition
+    from sqlalchemy import create_engine, select
 
-    from event_streams.kafka_offsets import commit_settled, kafka_settled, settled_intervals
+    from event_streams.kafka_offsets import LAST_COMMIT, commit_settled, kafka_settled, settled_intervals
     from event_streams.triggers import StreamingKafkaTrigger
     from include.event_pipelines.messages import Envelope
 
@@ -263,14 +274,20 @@ def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_parti
         # the trigger reads on, nothing more to deliver: its position moves past the last marker and aborted records
         assert trigger.gather() == [] and trigger.gather() == []
         trigger.redeliver(time.monotonic())  # the trigger's own check: the last marker is committed too
-        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-        try:
-            [committed] = probe.committed([TopicPartition(topic, 0)], timeout=30)
-        finally:
-            probe.close()
-        assert committed.offset == end, f"committed {committed.offset}, end of partition {end}"
-        with engine.connect() as conn:  # settled state pruned as the watermark passed it
-            assert conn.execute(kafka_settled.select()).fetchall() == []
+        committed = _committed(bootstrap, group, topic)
+        assert committed == end, f"committed {committed}, end of partition {end}"
+        with engine.connect() as conn:  # settled ranges pruned as the watermark passed them; the last commit kept
+            rows = conn.execute(select(kafka_settled.c.start_offset, kafka_settled.c.end_offset)).all()
+        assert rows == [(LAST_COMMIT, 233)]  # what the runs committed; the trigger committed the last stretch
+        # the group's offsets deleted behind the pipeline's back, as retention does to an idle group: the trigger
+        # commits them back at its next check, and reads nothing again
+        from confluent_kafka.admin import AdminClient
+
+        [deleted] = AdminClient({"bootstrap.servers": bootstrap}).delete_consumer_groups([group]).values()
+        deleted.result(30)
+        assert _committed(bootstrap, group, topic) < 0
+        assert trigger.redeliver(time.monotonic()) == [] and _committed(bootstrap, group, topic) == end
+        assert trigger.gather() == []
         # before: a range per record run between markers, and the watermark stopped at the first marker (offset 5)
         assert len(settled_intervals(e for ev in events for e in ev)[(topic, 0)]) == 1
     finally:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from event_streams.kafka_offsets import (
+    LAST_COMMIT,
     SafeKafkaConsumerHook,
     commit_settled,
     kafka_settled,
@@ -66,10 +67,13 @@ class FakeGroup:
         self.commits.append(done)
 
 
-def stored(engine: Engine) -> list[tuple[Any, ...]]:
+def stored(engine: Engine, last_commits: bool = False) -> list[tuple[Any, ...]]:
+    """The settled ranges kept (or, with ``last_commits``, each partition's row of the offset committed last)."""
     t = kafka_settled
+    which = t.c.start_offset == LAST_COMMIT if last_commits else t.c.start_offset != LAST_COMMIT
     with engine.connect() as conn:
-        return sorted(conn.execute(select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset)).all())
+        return sorted(conn.execute(select(t.c.topic, t.c.partition, t.c.start_offset, t.c.end_offset)
+                                   .where(which)).all())
 
 
 # --- pure functions ------------------------------------------------------------------------------------------------
@@ -208,3 +212,26 @@ def test_nothing_from_kafka_commits_nothing(engine: Engine) -> None:
     group = FakeGroup()
     assert commit_settled(engine, group, "g", [Envelope(source="sqs", message_id="m")]) == {}
     assert group.commits == []
+
+
+def test_offsets_the_broker_dropped_count_from_the_last_commit_not_from_the_start(engine: Engine) -> None:
+    """An idle group's offsets expire (offsets.retention.minutes after its last commit): the next run must not
+    commit the low watermark, which would make the watcher read everything retained again."""
+    group = FakeGroup({(T, 0): 0})
+    assert commit_settled(engine, group, "g", kafka(range(0, 50))) == {(T, 0): 50}
+    assert stored(engine, last_commits=True) == [(T, 0, LAST_COMMIT, 50)]
+    group.offsets.clear()  # dropped by the broker
+    assert commit_settled(engine, group, "g", kafka(range(60, 70))) == {(T, 0): 50}  # restored; 50-59 not settled
+    assert commit_settled(engine, group, "g", kafka(range(50, 60))) == {(T, 0): 70}
+    assert stored(engine) == [] and stored(engine, last_commits=True) == [(T, 0, LAST_COMMIT, 70)]
+
+
+def test_a_refused_commit_names_the_group(engine: Engine) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    class Refusing(FakeGroup):
+        def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+
+    with pytest.raises(RuntimeError, match="consumer group 'shared-group'.*live member"):
+        commit_settled(engine, Refusing({(T, 0): 0}), "shared-group", kafka(range(3)))

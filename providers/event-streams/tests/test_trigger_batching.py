@@ -429,3 +429,31 @@ def test_a_partition_without_a_committed_offset_starts_at_a_committed_reset_posi
     assert consumer.commits == [[("t", 1, start), ("t", 2, start)]]  # partition 0 keeps its own
     assert consumer.assigned == [("t", 0, 7), ("t", 1, start), ("t", 2, start)]
     assert trigger._next == {("t", 0): 7, ("t", 1): start, ("t", 2): start}
+
+
+def test_offsets_gone_from_the_broker_are_committed_back_at_once_and_never_re_read() -> None:
+    view = GroupView(committed=50, position=50)
+    trigger = _watching(view, seconds=10)
+    assert trigger.redeliver(0) == []
+    view.committed_offset = OFFSET_INVALID  # deleted behind the pipeline's back (or expired)
+    view.position_offset = 55  # and records keep coming
+    assert trigger.redeliver(1) == [] and view.committed_offset == 50
+    view.committed_offset = 55  # their run settles them
+    assert trigger.redeliver(100) == [] and view.seeks == []
+
+
+def test_idle_offsets_are_renewed_every_keepalive_period_only_when_nothing_is_in_flight() -> None:
+    commits: list[int] = []
+    view = GroupView(committed=50, position=50)
+    view.commit = lambda offsets, asynchronous: commits.append(offsets[0].offset)  # type: ignore[method-assign]
+    trigger = StreamingKafkaTrigger(topics=["iot-readings"], redelivery_seconds=10**9, offsets_keepalive_seconds=100)
+    trigger._consumer, trigger._assigned = view, {("iot-readings", 0)}
+    trigger.redeliver(0)
+    trigger.redeliver(99)
+    assert commits == []
+    trigger.redeliver(100)
+    assert commits == [50]  # the same offset, committed again: the broker keeps it another retention period
+    view.position_offset = 60  # a run is settling records: its commit renews it
+    trigger.redeliver(200)
+    assert commits == [50]
+    assert StreamingKafkaTrigger(**trigger.serialize()[1]).offsets_keepalive_seconds == 100

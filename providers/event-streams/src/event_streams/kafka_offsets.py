@@ -65,6 +65,7 @@ Partition = tuple[str, int]
 Interval = tuple[int, int]  # [start, end): end is the offset after the last settled record
 
 RESET_VALUES = ("earliest", "latest")
+LAST_COMMIT = -1  # start_offset of a partition's row that keeps (as end_offset) the offset committed last
 
 
 # --- pure ----------------------------------------------------------------------------------------------------------
@@ -190,8 +191,10 @@ def commit_settled(
     moves forward; prune ranges below it. Returns ``{(topic, partition): committed offset}`` of what was committed.
 
     ``consumer`` belongs to ``group_id``. A committed offset below the partition's low watermark (deleted by
-    retention) counts from the low watermark; a partition with no committed offset counts from the low watermark
-    (``from_beginning``) or, for ``auto.offset.reset=latest``, from its lowest stored range.
+    retention) counts from the low watermark. A partition with no committed offset (the broker dropped it, e.g.
+    ``offsets.retention.minutes`` after the last commit) counts from the offset this function committed last, kept
+    in ``kafka_settled`` as the row with ``start_offset`` -1, never from an earlier one; without such a row, from the
+    low watermark (``from_beginning``) or, for ``auto.offset.reset=latest``, from its lowest stored range.
     """
     intervals = settled_intervals(envelopes)
     if not intervals:
@@ -212,24 +215,38 @@ def commit_settled(
             committed[(tp.topic, tp.partition)] = tp.offset
         for key in keys:
             current = committed.get(key, -1)
+            last = max((e for s, e in stored[key] if s == LAST_COMMIT), default=-1)
+            ranges = [(s, e) for s, e in stored[key] if s != LAST_COMMIT]
             low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
             if current >= 0:
                 base = max(current, low)
+            elif last >= 0:
+                base = max(last, low)
             elif from_beginning:
                 base = low
             else:
-                base = min(s for s, _ in stored[key])
-            new = watermark(base, stored[key])
+                base = min(s for s, _ in ranges)
+            new = watermark(base, ranges)
             if new > current:
                 ahead[key] = new
         if ahead:
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()], asynchronous=False)
+            try:
+                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ahead.items()],
+                                asynchronous=False)
+            except KafkaException as exc:
+                raise RuntimeError(
+                    f"Kafka refused the commit of {ahead} for consumer group {group_id!r}: {exc}. The pipelines "
+                    "commit without joining the group (assign()); a live member in it (another application using "
+                    "this group.id) makes the broker refuse. Give this watcher a group of its own."
+                ) from exc
         t = kafka_settled
         for key in keys:
             floor = max(ahead.get(key, -1), committed.get(key, -1))
             if floor >= 0:
-                conn.execute(delete(t).where(t.c.group_id == group_id, t.c.topic == key[0],
-                                             t.c.partition == key[1], t.c.end_offset <= floor))
+                where = (t.c.group_id == group_id, t.c.topic == key[0], t.c.partition == key[1])
+                conn.execute(delete(t).where(*where, or_(t.c.end_offset <= floor, t.c.start_offset == LAST_COMMIT)))
+                _insert_ignore(conn, t, [{"group_id": group_id, "topic": key[0], "partition": key[1],
+                                          "start_offset": LAST_COMMIT, "end_offset": floor}])
     behind = {k: committed.get(k) for k in keys if k not in ahead}
     log.info("committed offsets %s; unchanged (a record before them not settled yet, or already past): %s",
              ahead, behind)

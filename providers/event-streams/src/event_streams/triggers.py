@@ -277,6 +277,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
         partition_refresh_seconds: float = 60.0,
         redelivery_seconds: float | None = None,  # KAFKA_REDELIVERY_SECONDS, 120
+        offsets_keepalive_seconds: float | None = None,  # KAFKA_OFFSETS_KEEPALIVE_SECONDS, 86400
         max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
         max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB (built-in record form only)
     ) -> None:
@@ -291,6 +292,9 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
         self.partition_refresh_seconds = partition_refresh_seconds
         self.redelivery_seconds = _pick(redelivery_seconds, _env_float, "KAFKA_REDELIVERY_SECONDS", 120.0)
+        self.offsets_keepalive_seconds = _pick(
+            offsets_keepalive_seconds, _env_float, "KAFKA_OFFSETS_KEEPALIVE_SECONDS", 86400.0
+        )
         self.max_event_bytes = _pick(max_event_bytes, _env_int, "MAX_EVENT_BYTES", 1024 * 1024)
         self.max_message_bytes = _pick(
             max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
@@ -306,6 +310,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         # last record taken (or the start when none was): offsets in between hold nothing a consumer receives
         self._next: dict[tuple[str, int], int] = {}
         self._records_end: dict[tuple[str, int], int] = {}
+        self._known_committed: dict[tuple[str, int], int] = {}  # the last committed offset seen per partition
+        self._kept_alive_at: float | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -321,6 +327,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 "linger_seconds": self.linger_seconds,
                 "partition_refresh_seconds": self.partition_refresh_seconds,
                 "redelivery_seconds": self.redelivery_seconds,
+                "offsets_keepalive_seconds": self.offsets_keepalive_seconds,
                 "max_event_bytes": self.max_event_bytes,
                 "max_message_bytes": self.max_message_bytes,
             },
@@ -443,6 +450,37 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                       committed, position - 1)
         return True
 
+    def keep_offsets(self, committed: dict[tuple[str, int], int], position: dict[tuple[str, int], int],
+                     now: float) -> dict[tuple[str, int], int]:
+        """Keep the group's committed offsets on the broker; returns ``committed`` as it now stands.
+
+        The group never has members (partitions are assigned), so the broker drops its committed offsets
+        ``offsets.retention.minutes`` (7 days by default) after their last commit: an idle partition would then be
+        read again from ``auto.offset.reset``. Every ``offsets_keepalive_seconds`` the offsets of the partitions with
+        nothing in flight (position = committed offset) are committed again, unchanged, which renews them; an offset
+        that has gone all the same (deleted by hand, or retention while the triggerer was down) is committed back
+        at the last value this trigger saw, at once.
+        """
+        from confluent_kafka import TopicPartition
+
+        restore = {k: self._known_committed[k] for k, o in committed.items() if o < 0 and k in self._known_committed}
+        renew: dict[tuple[str, int], int] = {}
+        if self._kept_alive_at is None:
+            self._kept_alive_at = now
+        elif self.offsets_keepalive_seconds > 0 and now - self._kept_alive_at >= self.offsets_keepalive_seconds:
+            renew = {k: o for k, o in committed.items() if o >= 0 and position.get(k) == o}
+            self._kept_alive_at = now
+        if restore or renew:
+            offsets = {**renew, **restore}
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                                  asynchronous=False)
+            if restore:
+                self.log.warning("Kafka: the committed offsets of %s were gone from the broker; committed back: %s",
+                                 sorted(restore), restore)
+            committed = {**committed, **restore}
+        self._known_committed.update({k: o for k, o in committed.items() if o >= 0})
+        return committed
+
     def redeliver(self, now: float) -> list[tuple[str, int, int]]:
         """Seek back to the committed offset of every partition where it has stood still behind the position for
         ``redelivery_seconds``; returns ``(topic, partition, offset sought)``. ``now``: ``time.monotonic()``."""
@@ -460,6 +498,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         except KafkaException as exc:
             self.log.warning("Kafka: committed offsets of %s not read (%s); retrying later", self.topics, exc)
             return []
+        try:
+            committed = self.keep_offsets(committed, position, now)
+        except KafkaException as exc:
+            self.log.warning("Kafka: committed offsets of %s not kept (%s); retrying later", self.topics, exc)
         sought = []
         for key in keys:
             if key not in committed:
@@ -534,6 +576,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self._unsettled.clear()
         self._next.clear()
         self._records_end.clear()
+        self._known_committed.clear()
+        self._kept_alive_at = None
         self._assigned = set()
         if consumer is not None:
             try:
