@@ -283,7 +283,8 @@ def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_parti
         # commits them back at its next check, and reads nothing again
         from confluent_kafka.admin import AdminClient
 
-        [deleted] = AdminClient({"bootstrap.servers": bootstrap}).delete_consumer_groups([group]).values()
+        admin = AdminClient({"bootstrap.servers": bootstrap})  # kept referenced until its futures are done
+        [deleted] = admin.delete_consumer_groups([group], request_timeout=20).values()
         deleted.result(30)
         assert _committed(bootstrap, group, topic) < 0
         assert trigger.redeliver(time.monotonic()) == [] and _committed(bootstrap, group, topic) == end
