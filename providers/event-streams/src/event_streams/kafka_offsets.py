@@ -6,8 +6,10 @@ each run stores its settled offset ranges (``kafka_settled``), and the group's c
 *contiguous low watermark*: from the committed offset through every stored range that starts at or before it.
 A range runs from where the consumer's read started to the record after the last one, so offsets no consumer ever
 receives (transaction markers, aborted records, compacted holes) are settled with the records around them; the
-trigger commits a trailing stretch of them itself (``StreamingKafkaTrigger``). A record no run settled stops it; the watcher trigger re-reads from there once the committed offset has stood
-still behind its position for ``redelivery_seconds``.
+trigger commits a trailing stretch of them itself (``StreamingKafkaTrigger``). A record no run settled stops it;
+the watcher trigger re-reads from there once the committed offset has stood still behind its position for
+``redelivery_seconds``. Each partition also keeps the offset committed last (``LAST_COMMIT`` row), the base when
+the broker has dropped the group's offsets.
 
 Imported at run time only (trigger and task), never while a DAG file is parsed.
 """
