@@ -432,6 +432,11 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 self.log.warning("Kafka: %s (retrying)", err)
         return records
 
+    @staticmethod
+    def _of(key: tuple[str, int]) -> Callable[[Any], bool]:
+        """Whether a carried record (in the built-in form) belongs to partition ``key``; other shapes never do."""
+        return lambda r: isinstance(r, Mapping) and (r.get("topic"), r.get("partition")) == key
+
     def commit_gap(self, key: tuple[str, int], committed: int, position: int) -> bool:
         """Commit ``position`` when everything before it that a consumer receives is settled: the committed offset
         has reached the end of the last record taken, and the consumer has read on to ``position`` over offsets
@@ -441,9 +446,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
 
         if committed < 0 or position <= committed:
             return False
-        if committed < self._records_end.get(key, position) or any(
-            isinstance(r, Mapping) and (r.get("topic"), r.get("partition")) == key for r in self._carry
-        ):
+        if committed < self._records_end.get(key, position) or any(map(self._of(key), self._carry)):
             return False
         self._consumer.commit(offsets=[TopicPartition(key[0], key[1], position)], asynchronous=False)
         self.log.info("committed %s/%s at %s: offsets %s-%s hold no record a consumer receives", *key, position,
@@ -530,8 +533,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 self.log.warning("Kafka: seek of %s/%s to %s failed (%s); retrying later", *key, target, exc)
                 continue
             # carried records of this partition are read again (other shapes stay: duplicates, absorbed by the run)
-            self._carry = deque(r for r in self._carry
-                                if not isinstance(r, Mapping) or (r.get("topic"), r.get("partition")) != key)
+            self._carry = deque(r for r in self._carry if not self._of(key)(r))
             self._unsettled[key] = (done, now)
             if target >= 0:
                 self._next[key] = target
