@@ -7,7 +7,7 @@ only past a second one on the safe side), using per-device state kept in the `io
 runs. State changes publish `raised` / `cleared` events to `iot-alerts`, keyed by device, each with a
 `dedup_key`; readings that trip nothing publish nothing. Bad readings go to `iot-readings-dlq` (original bytes,
 headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are committed after all that,
-never past a reading no run settled; the readings of a run that fails for good are read again, and dead-lettered
+in the watcher's own consumer group (`airflow.iot_alerting`), never past a reading no run settled; the readings of a run that fails for good are read again, and dead-lettered
 with the error after `MAX_FAILED_RUNS` failed runs (README "Runs that fail for good").
 
 `max_active_runs=1`: device state is applied in order, one run at a time.
@@ -42,6 +42,7 @@ readings_trigger = MessageQueueTrigger(
     topics=[settings.IOT_READINGS_TOPIC],
     apply_function="include.event_pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
+    **config.kafka_group(settings.IOT_KAFKA_GROUP_ID),  # this watcher's own consumer group
 )
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
 source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)

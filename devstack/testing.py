@@ -83,11 +83,11 @@ class Stack:
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
     def kafka_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        """partition -> (the pipelines' consumer group's committed offset, or -1; the end of the partition)."""
-        from airflow.models import Connection
+        """partition -> (the IoT watcher's consumer group's committed offset, or -1; the end of the partition)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        group = Connection.from_json(self.info["AIRFLOW_CONN_KAFKA_DEFAULT"], conn_id="kafka").extra_dejson["group.id"]
+        from include.iot_alerting.settings import IOT_KAFKA_GROUP_ID as group
+
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
                              "enable.auto.commit": False})
         try:

@@ -218,18 +218,23 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
 
 def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:
     """Record this run's offsets as settled and commit, per partition, the contiguous low watermark of settled
-    offsets for the connection's consumer group (``event_streams.kafka_offsets.commit_settled``): never past a record that no run
-    settled, never backwards."""
+    offsets (``event_streams.kafka_offsets.commit_settled``): never past a record that no run settled, never
+    backwards. Each record counts in the consumer group its watcher read it for (``Envelope.group_id``; records
+    without one, in the connection's ``group.id``)."""
     from event_streams.kafka_offsets import SafeKafkaConsumerHook, commit_settled
 
-    topics = sorted({e.topic for e in envelopes if e.source == "kafka" and e.topic is not None})
-    if not topics:
-        return {}
-    hook = SafeKafkaConsumerHook(topics=topics, kafka_config_id=config.KAFKA_CONN_ID)
-    consumer = hook.get_conn
-    try:
-        return commit_settled(
-            engine(), consumer, hook.effective_config["group.id"], envelopes, from_beginning=hook.from_beginning
-        )
-    finally:
-        consumer.close()
+    by_group: dict[str | None, list[Envelope]] = {}
+    for e in envelopes:
+        if e.source == "kafka" and e.topic is not None:
+            by_group.setdefault(e.group_id, []).append(e)
+    committed: dict[tuple[str, int], int] = {}
+    for group, members in by_group.items():
+        hook = SafeKafkaConsumerHook(topics=sorted({e.topic for e in members if e.topic}),
+                                     kafka_config_id=config.KAFKA_CONN_ID, group_id=group)
+        consumer = hook.get_conn
+        try:
+            committed |= commit_settled(engine(), consumer, hook.effective_config["group.id"], members,
+                                        from_beginning=hook.from_beginning)
+        finally:
+            consumer.close()
+    return committed

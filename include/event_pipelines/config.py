@@ -38,6 +38,12 @@ def streaming_kafka() -> bool:
     return KAFKA_WATCHER_SCHEME == "kafka+stream"
 
 
+def kafka_group(group_id: str) -> dict[str, str]:
+    """The Kafka watcher's ``group_id`` argument: its own consumer group. Empty for the stock trigger
+    (``AwaitMessageTrigger`` takes no such argument and reads in the connection's ``group.id``)."""
+    return {"group_id": group_id} if streaming_kafka() else {}
+
+
 # --- runs that fail for good (README "Delivery guarantees") ---
 # A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
 # its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).

@@ -47,6 +47,7 @@ class Envelope(BaseModel):
     key_b64: str | None = None  # set instead of ``key`` when the key's bytes are not valid UTF-8
     broker_timestamp_ms: int | None = None
     read_from: int | None = None  # Kafka: the consumer's read started here; earlier offsets hold no record
+    group_id: str | None = None  # Kafka, streaming trigger: the consumer group whose offsets the record counts in
     body_omitted_bytes: int | None = None  # the body was over MAX_BODY_BYTES and left out by the trigger
 
     @classmethod
@@ -85,7 +86,9 @@ def _payload_envelopes(event_payload: Any) -> list[Envelope]:
     if isinstance(event_payload, Mapping) and event_payload.get(payload.SOURCE) == "kafka":  # AwaitMessageTrigger
         return [Envelope.model_validate(event_payload)]
     if isinstance(event_payload, Mapping) and event_payload.get(payload.SOURCE) == payload.KAFKA_BATCH:  # streaming
-        return [Envelope.model_validate(r) for r in event_payload[payload.RECORDS]]
+        group = event_payload.get(payload.GROUP_ID)
+        return [Envelope.model_validate({**r, payload.GROUP_ID: group} if group and isinstance(r, Mapping) else r)
+                for r in event_payload[payload.RECORDS]]
     raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {event_payload!r:.200}")
 
 

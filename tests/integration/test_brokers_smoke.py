@@ -293,3 +293,111 @@ def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_parti
         assert len(settled_intervals(e for ev in events for e in ev)[(topic, 0)]) == 1
     finally:
         trigger._consumer.close()
+
+
+def _plain_topic(bootstrap: str, topic: str, count: int) -> None:
+    from confluent_kafka import Producer
+
+    brokers.create_topics(bootstrap, {topic: 1})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(count):
+        producer.produce(topic, key=f"dev-{i % 3}", value=f"r{i}".encode())
+    assert producer.flush(30) == 0
+
+
+def _watcher(monkeypatch, bootstrap: str, topic: str, group: str | None, **kwargs):
+    """A streaming trigger on ``topic`` in consumer group ``group``, on a connection whose own group.id is 'shared';
+    its consumer open and assigned."""
+    import json
+
+    from event_streams.triggers import StreamingKafkaTrigger
+
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_SHARED", json.dumps(
+        {"conn_type": "kafka", "extra": {"bootstrap.servers": bootstrap, "group.id": "shared"}}))
+    trigger = StreamingKafkaTrigger(topics=[topic], kafka_config_id="kafka_shared", group_id=group, linger_seconds=0,
+                                    **kwargs)
+    trigger._consumer = trigger._open()
+    trigger._assign(trigger._consumer, set())
+    return trigger
+
+
+def _gather(trigger, want: int, timeout: float = 60) -> list:
+    from include.event_pipelines.messages import Envelope
+
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += [Envelope.model_validate(r) for r in trigger.gather()]
+    return got
+
+
+def test_two_watchers_on_one_topic_commit_in_their_own_groups(stack, tmp_path, monkeypatch):
+    """A copy of a DAG on the same topic and connection: each watcher's settled records move only its own group's
+    committed offset, and what one of them did not settle is read again by it alone."""
+    from sqlalchemy import create_engine
+
+    from event_streams.kafka_offsets import commit_settled
+
+    bootstrap, topic = stack["bootstrap"], f"shared-{uuid.uuid4().hex[:8]}"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    _plain_topic(bootstrap, topic, 20)
+    first = _watcher(monkeypatch, bootstrap, topic, f"airflow.first-{topic}", redelivery_seconds=10)
+    second = _watcher(monkeypatch, bootstrap, topic, f"airflow.second-{topic}", redelivery_seconds=10)
+    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        assert first.group != second.group and "shared" not in (first.group, second.group)
+        a, b = _gather(first, 20), _gather(second, 20)
+        assert [e.offset for e in a] == [e.offset for e in b] == list(range(20))
+        commit_settled(engine, first._consumer, first.group, a)  # the first DAG's run settles all
+        commit_settled(engine, second._consumer, second.group, b[:10])  # the second's last run fails for good
+        assert (_committed(bootstrap, first.group, topic), _committed(bootstrap, second.group, topic)) == (20, 10)
+        assert _committed(bootstrap, "shared", topic) < 0  # the connection's group is not touched
+        now = time.monotonic()
+        assert first.redeliver(now) == [] and second.redeliver(now) == []  # the clock starts for the second
+        assert first.redeliver(now + 11) == [] and second.redeliver(now + 11) == [(topic, 0, 10)]
+        assert first.gather() == []
+        again = _gather(second, 10)
+        assert [e.offset for e in again] == list(range(10, 20))
+        commit_settled(engine, second._consumer, second.group, again)
+        assert _committed(bootstrap, second.group, topic) == 20
+    finally:
+        first._consumer.close()
+        second._consumer.close()
+
+
+def test_a_live_member_in_the_watchers_group_is_an_error_naming_the_group(stack, tmp_path, monkeypatch, capsys):
+    """Another application joins the watcher's group: the trigger says so and reads nothing; the run's commit is
+    refused with an error that names the group (nothing is skipped: the offset stays)."""
+    from confluent_kafka import Consumer
+    from sqlalchemy import create_engine
+
+    from event_streams.kafka_offsets import commit_settled
+
+    bootstrap, topic = stack["bootstrap"], f"busy-{uuid.uuid4().hex[:8]}"
+    group = f"airflow.busy-{topic}"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    _plain_topic(bootstrap, topic, 5)
+    trigger = _watcher(monkeypatch, bootstrap, topic, group)
+    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    other = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "client.id": "other-app",
+                      "enable.auto.commit": False, "auto.offset.reset": "latest"})
+    try:
+        assert trigger.group_in_use() == []
+        records = _gather(trigger, 5)
+        other.subscribe([topic])
+        deadline = time.monotonic() + 60
+        while not other.assignment() and time.monotonic() < deadline:
+            other.poll(0.5)
+        assert other.assignment(), "the other application never joined the group"
+        capsys.readouterr()
+        members = trigger.group_in_use()
+        assert len(members) == 1 and members[0].startswith("other-app@")
+        logged = capsys.readouterr().out  # Airflow's structlog writes the trigger's log lines to stdout
+        assert f"Kafka consumer group '{group}'" in logged and "other-app@" in logged and "error" in logged
+        with pytest.raises(RuntimeError, match=f"consumer group '{group}'"):
+            commit_settled(engine, trigger._consumer, group, records)
+        assert _committed(bootstrap, group, topic) == 0  # the start the trigger committed; nothing skipped
+    finally:
+        other.close()
+        trigger._consumer.close()
+    assert trigger.group_in_use() == []  # it left: the watcher reads again

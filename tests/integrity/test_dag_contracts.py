@@ -111,6 +111,8 @@ def test_kafka_watcher_applies_the_project_record_form(watchers: tuple[str, dict
     assert kwargs["topics"] == [iot_settings.IOT_READINGS_TOPIC] and kwargs["kafka_config_id"] == config.KAFKA_CONN_ID
     if mode == "guide":  # the provider's defaults, unsafe as they are (commits before the event is stored)
         assert (kwargs["poll_timeout"], kwargs["poll_interval"], kwargs["commit_offset"]) == (1, 5, True)
+    else:  # its own consumer group, not the connection's: a second DAG on the topic does not share its offsets
+        assert kwargs["group_id"] == iot_settings.IOT_KAFKA_GROUP_ID == "airflow.iot_alerting"
 
 
 def test_sqs_watchers_never_delete_on_reception_and_long_poll(watchers: tuple[str, dict]) -> None:

@@ -111,6 +111,15 @@ def test_a_streamed_kafka_batch_yields_every_record_once() -> None:
     assert [e.message_id for e in envelopes_from_asset_events(events)] == [f"iot-readings/2/{i}" for i in range(3)]
 
 
+def test_each_record_counts_in_the_consumer_group_its_event_names() -> None:
+    records = [kafka_message_to_event(Record(b'{"a": %d}' % i, offset=i)) for i in range(2)]
+    events = [{"payload": {"source": "kafka_batch", "group_id": "airflow.iot_alerting", "records": records[:1]}},
+              {"payload": {"source": "kafka_batch", "group_id": "airflow.iot_copy", "records": records[1:]}},
+              {"payload": {"source": "kafka_batch", "records": [records[0] | {"offset": 5, "message_id": "x/0/5"}]}}]
+    assert [e.group_id for e in envelopes_from_asset_events(events)] == ["airflow.iot_alerting", "airflow.iot_copy",
+                                                                         None]  # an event from before groups
+
+
 def test_dead_letter_copies_keep_the_original_key_bytes() -> None:
     binary = Envelope(source="kafka", message_id="t/0/1", body="{}", key_b64="/wBkZXY=")
     assert raw_key(binary) == b"\xff\x00dev"

@@ -147,6 +147,15 @@ def test_safe_consumer_config_refuses_a_connection_without_group_id(extra: dict[
         safe_consumer_config("kafka_iot", {"bootstrap.servers": "k:9092", **extra})
 
 
+def test_the_watchers_own_group_wins_over_the_connections() -> None:
+    config = safe_consumer_config("kafka_default", {"bootstrap.servers": "k:9092", "group.id": "shared"},
+                                  group_id="airflow.iot_alerting")
+    assert config["group.id"] == "airflow.iot_alerting"
+    assert safe_consumer_config("c", {}, group_id="own")["group.id"] == "own"  # the connection needs none then
+    with pytest.raises(ValueError, match="empty Kafka consumer group id"):
+        safe_consumer_config("c", {"group.id": "shared"}, group_id=" ")
+
+
 def test_hook_builds_its_consumer_with_the_forced_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     import airflow.providers.apache.kafka.hooks.consume as consume
 
@@ -156,6 +165,9 @@ def test_hook_builds_its_consumer_with_the_forced_settings(monkeypatch: pytest.M
     hook._get_client({"bootstrap.servers": "k:9092", "group.id": "g", "enable.auto.commit": True})
     assert built[0]["enable.auto.commit"] is False and built[0]["enable.auto.offset.store"] is False
     assert built[0]["auto.offset.reset"] == "earliest" and hook.from_beginning
+    own = SafeKafkaConsumerHook(topics=[T], kafka_config_id="kafka_x", group_id="watcher-group")
+    own._get_client({"bootstrap.servers": "k:9092", "group.id": "g"})
+    assert built[1]["group.id"] == own.effective_config["group.id"] == "watcher-group"
 
 
 # --- committing ----------------------------------------------------------------------------------------------------

@@ -383,9 +383,9 @@ def test_the_trigger_commits_a_trailing_stretch_without_records_once_all_before_
 
 
 def test_redelivery_settings_round_trip_through_serialize() -> None:
-    trigger = StreamingKafkaTrigger(topics=["t"], redelivery_seconds=30, max_event_bytes=2048)
+    trigger = StreamingKafkaTrigger(topics=["t"], group_id="airflow.dag", redelivery_seconds=30, max_event_bytes=2048)
     path, kwargs = trigger.serialize()
-    assert path == "event_streams.triggers.StreamingKafkaTrigger"
+    assert path == "event_streams.triggers.StreamingKafkaTrigger" and kwargs["group_id"] == "airflow.dag"
     assert StreamingKafkaTrigger(**kwargs).serialize() == (path, kwargs)
     sqs = _sqs(max_event_bytes=10, max_message_bytes=5)
     assert StreamingSqsTrigger(**sqs.serialize()[1]).serialize() == sqs.serialize()

@@ -107,14 +107,19 @@ def watermark(committed: int, intervals: Iterable[Interval]) -> int:
     return current
 
 
-def safe_consumer_config(conn_id: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+def safe_consumer_config(conn_id: str, extra: Mapping[str, Any], group_id: str | None = None) -> dict[str, Any]:
     """The connection's consumer settings with what at-least-once needs forced: no auto commit, no auto offset
-    store, an explicit ``auto.offset.reset`` (the connection's if earliest/latest, else earliest), a ``group.id``."""
+    store, an explicit ``auto.offset.reset`` (the connection's if earliest/latest, else earliest), a ``group.id``
+    (``group_id`` when given: the watcher's own group, whatever the connection says)."""
     config = dict(extra)
+    if group_id is not None:
+        if not group_id.strip():
+            raise ValueError(f"empty Kafka consumer group id for connection {conn_id!r}")
+        config["group.id"] = group_id
     if not str(config.get("group.id") or "").strip():
         raise ValueError(
             f"Kafka connection {conn_id!r} has no 'group.id' in its extra: the pipelines commit settled offsets "
-            "for a consumer group; add one, e.g. {\"group.id\": \"event-pipelines\"}"
+            "for a consumer group; add one, e.g. {\"group.id\": \"event-pipelines\"}, or give the watcher a group_id"
         )
     for key in ("enable.auto.commit", "enable.auto.offset.store"):
         if key in config and str(config[key]).strip().lower() not in ("false", "0"):
@@ -132,17 +137,45 @@ def safe_consumer_config(conn_id: str, extra: Mapping[str, Any]) -> dict[str, An
 
 
 class SafeKafkaConsumerHook(KafkaConsumerHook):
-    """``KafkaConsumerHook`` whose consumer always has the settings of ``safe_consumer_config``."""
+    """``KafkaConsumerHook`` whose consumer always has the settings of ``safe_consumer_config``, in consumer group
+    ``group_id`` when given (else the connection's ``group.id``)."""
 
     effective_config: dict[str, Any]
 
+    def __init__(self, topics: Sequence[str], kafka_config_id: str = "kafka_default", group_id: str | None = None
+                 ) -> None:
+        super().__init__(topics=topics, kafka_config_id=kafka_config_id)
+        self.group_id = group_id
+
     def _get_client(self, config: dict[str, Any]) -> Any:
-        self.effective_config = safe_consumer_config(self.kafka_config_id, config)
+        self.effective_config = safe_consumer_config(self.kafka_config_id, config, self.group_id)
         return super()._get_client(self.effective_config)
 
     @property
     def from_beginning(self) -> bool:
         return self.effective_config["auto.offset.reset"] == "earliest"
+
+
+# consumer-only settings an AdminClient would warn about (librdkafka logs each one it ignores)
+_CONSUMER_ONLY = ("group.", "auto.offset.reset", "enable.auto.", "auto.commit.", "isolation.level", "session.timeout",
+                  "heartbeat.", "max.poll.", "partition.assignment", "fetch.", "queued.", "check.crcs", "consume.",
+                  "enable.partition.eof", "offset.store.", "coordinator.")
+
+
+def group_members(consumer_config: Mapping[str, Any], timeout: float = 10.0) -> list[str]:
+    """The live members of the consumer's group (``client_id@host`` each); empty when the group has none.
+
+    The pipelines read with ``assign()`` and never join their group, so a member is another application (or a
+    console consumer) using the same group id: while it is there the broker refuses every commit made without a
+    generation, i.e. every commit of the pipelines'.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    group = str(consumer_config["group.id"])
+    admin = AdminClient({k: v for k, v in consumer_config.items() if not k.startswith(_CONSUMER_ONLY)})
+    [future] = admin.describe_consumer_groups([group], request_timeout=timeout).values()
+    description = future.result(timeout)  # the admin client stays referenced until its future is done
+    return [f"{m.client_id}@{m.host}" for m in description.members]
 
 
 _schema_ready: weakref.WeakSet[Engine] = weakref.WeakSet()

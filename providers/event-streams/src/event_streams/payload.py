@@ -2,7 +2,7 @@
 
 SQS: ``{"status": "success", "message_batch": [{"MessageId", "ReceiptHandle", "Body"}, ...]}`` (the shape of
 ``SqsSensorTrigger``); a body over the limit is replaced by ``BodyOmittedBytes``. Kafka:
-``{"source": "kafka_batch", "records": [kafka_record(...), ...]}``.
+``{"source": "kafka_batch", "group_id": "<consumer group>", "records": [kafka_record(...), ...]}``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 MESSAGE_BATCH = "message_batch"  # SQS payload: the list of messages
 SOURCE = "source"  # Kafka payload: what kind of payload it is ...
 KAFKA_BATCH = "kafka_batch"  # ... for a batch of records
+GROUP_ID = "group_id"  # Kafka payload: the consumer group whose committed offsets the trigger read from
 RECORDS = "records"  # Kafka payload: the list of records (each a ``kafka_record`` dict)
 BODY_OMITTED_BYTES = "BodyOmittedBytes"  # SQS message: the size of a body left out of the event
 

@@ -257,6 +257,12 @@ class StreamingSqsTrigger(BaseEventTrigger):
 class StreamingKafkaTrigger(BaseEventTrigger):
     """Read assigned partitions forever from the committed offsets; one event per gathered batch; never commits.
 
+    The offsets are those of consumer group ``group_id`` (give each watcher its own: two watchers in one group would
+    move each other's committed offsets), else of the connection's ``group.id``; each event names its group
+    (``payload.GROUP_ID``) for the run that commits. The group never has members (``assign()``): while another
+    application is a member, the broker refuses the commits, so the trigger reads nothing and logs an error naming
+    the group and its members until it is free (checked every ``partition_refresh_seconds``).
+
     Re-reads a partition from its committed offset when that offset has stood still behind the read position for
     ``redelivery_seconds`` (its records were never settled). Records that did not fit an event open the next one.
     Each record becomes ``apply_function(message, *apply_function_args, **apply_function_kwargs)`` (a dotted path;
@@ -269,6 +275,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         *,
         topics: Sequence[str],
         kafka_config_id: str = "kafka_default",
+        group_id: str | None = None,
         apply_function: str | None = None,
         apply_function_args: Sequence[Any] | None = None,
         apply_function_kwargs: dict[str, Any] | None = None,
@@ -284,6 +291,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         super().__init__()
         self.topics = list(topics)
         self.kafka_config_id = kafka_config_id
+        self.group_id = group_id
         self.apply_function = apply_function
         self.apply_function_args = list(apply_function_args or ())
         self.apply_function_kwargs = dict(apply_function_kwargs or {})
@@ -301,6 +309,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         )
         self._convert: Callable[[Any], Any] | None = None
         self._consumer: Any = None
+        self._config: dict[str, Any] = {}  # the consumer's effective settings (group.id included)
         self._from_beginning = True
         self._last_event_at = 0.0
         self._assigned: set[tuple[str, int]] = set()
@@ -319,6 +328,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             {
                 "topics": self.topics,
                 "kafka_config_id": self.kafka_config_id,
+                "group_id": self.group_id,
                 "apply_function": self.apply_function,
                 "apply_function_args": self.apply_function_args,
                 "apply_function_kwargs": self.apply_function_kwargs,
@@ -336,10 +346,33 @@ class StreamingKafkaTrigger(BaseEventTrigger):
     def _open(self) -> Any:
         from event_streams.kafka_offsets import SafeKafkaConsumerHook
 
-        hook = SafeKafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
+        hook = SafeKafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id, group_id=self.group_id)
         consumer = hook.get_conn  # no auto commit / offset store, explicit auto.offset.reset, a group.id
+        self._config = hook.effective_config
         self._from_beginning = hook.from_beginning
         return consumer
+
+    @property
+    def group(self) -> str:
+        """The consumer group whose committed offsets this trigger reads (known once the consumer is open)."""
+        return str(self._config["group.id"])
+
+    def group_in_use(self) -> list[str]:
+        """The live members of the group (another application), logged as an error naming the group; ``[]`` when
+        it is free, or when the broker could not say (the next check asks again)."""
+        from event_streams.kafka_offsets import group_members
+
+        try:
+            members = group_members(self._config)
+        except Exception as exc:
+            self.log.warning("Kafka: members of consumer group %r not read (%s); checking again later", self.group, exc)
+            return []
+        if members:
+            self.log.error(
+                "Kafka consumer group %r of the watcher on %s has live members %s: another application uses this group "
+                "id, and the broker refuses the pipeline's commits while it does. Reading nothing until the group is "
+                "free; give the watcher a group of its own (group_id).", self.group, self.topics, members)
+        return members
 
     def _assign(self, consumer: Any, assigned: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Assign every partition of the topics (new ones included) at the group's committed offsets.
@@ -550,14 +583,19 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         while True:
             try:
                 self._consumer = await sync_to_async(self._open)()
+                while await sync_to_async(self.group_in_use)():
+                    await asyncio.sleep(self.partition_refresh_seconds)
                 assigned = await sync_to_async(self._assign)(self._consumer, set())
                 refreshed = checked = time.monotonic()
                 while True:
                     records = await sync_to_async(self.gather)()
                     failures = 0
                     if records:
-                        yield TriggerEvent({payload.SOURCE: payload.KAFKA_BATCH, payload.RECORDS: records})
+                        yield TriggerEvent({payload.SOURCE: payload.KAFKA_BATCH, payload.GROUP_ID: self.group,
+                                            payload.RECORDS: records})
                     if time.monotonic() - refreshed > self.partition_refresh_seconds:
+                        while await sync_to_async(self.group_in_use)():
+                            await asyncio.sleep(self.partition_refresh_seconds)
                         assigned = await sync_to_async(self._assign)(self._consumer, assigned)
                         refreshed = time.monotonic()
                     if time.monotonic() - checked >= check_every:
