@@ -42,7 +42,7 @@ readings_trigger = MessageQueueTrigger(
     topics=[settings.IOT_READINGS_TOPIC],
     apply_function="include.event_pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
-    **config.kafka_group(settings.IOT_KAFKA_GROUP_ID),  # this watcher's own consumer group
+    **config.kafka_group(settings.IOT_KAFKA_GROUP_ID),  # its own consumer group, and where its offsets are kept
 )
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
 source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)

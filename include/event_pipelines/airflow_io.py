@@ -43,9 +43,10 @@ class SqsSource:
     def __init__(self, queue_url: str, dlq_url: str) -> None:
         self.queue_url, self.dlq_url = queue_url, dlq_url
 
-    def take(self, envelopes: Sequence[Envelope]) -> None:
+    def take(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         """The run owns its messages: keep them invisible for the run's budget (the trigger received them short)."""
         extend_sqs_visibility(self.queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
+        return list(envelopes)
 
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_sqs(self.queue_url, self.dlq_url, envelopes, dead_letters)
@@ -61,8 +62,10 @@ class KafkaSource:
     def __init__(self, dlq_topic: str) -> None:
         self.dlq_topic = dlq_topic
 
-    def take(self, envelopes: Sequence[Envelope]) -> None:
-        return None
+    def take(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """The records this run may apply now: not those behind an earlier record of their partition that no run
+        has settled yet (a run failed on it); the watcher reads them again after it (``hold_unsettled``)."""
+        return hold_unsettled(envelopes) if config.streaming_kafka() else list(envelopes)
 
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_kafka(self.dlq_topic, envelopes, dead_letters)
@@ -80,7 +83,8 @@ def run_messages(
 ) -> list[dict[str, Any]]:
     """Every message behind this run (all coalesced asset events, or ``conf["messages"]`` for a manual run).
 
-    Takes the messages for the run (SQS: visibility extended to the run's budget); dead-letters, with the last
+    Takes the messages for the run (SQS: visibility extended to the run's budget; Kafka: records behind an
+    unsettled one of their partition are left for a later run, see ``hold_unsettled``); dead-letters, with the last
     error, the messages that were already in ``MAX_FAILED_RUNS`` runs that failed for good (and settles them);
     logs and records the run's batch size and how long its messages waited since they were produced.
     """
@@ -89,7 +93,7 @@ def run_messages(
     dag_run = context["dag_run"]
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
     envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
-    source.take(envelopes)
+    envelopes = source.take(envelopes)
     envelopes, exhausted = redelivery.split_exhausted(engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS)
     if exhausted:
         letters = [dead_letter_row(x.envelope, x.reason) for x in exhausted]
@@ -189,9 +193,10 @@ def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping
 
 # --- Kafka ---------------------------------------------------------------------------------------------------------
 def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
-    """After the run's effects are committed: dead letters to the DLQ topic (original bytes; headers ``reason`` and
-    ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger only)."""
-    from include.event_pipelines.messages import raw_bytes, raw_key
+    """After the run's effects are committed: dead letters to the DLQ topic (original key, bytes and headers, then
+    headers ``reason`` and ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger
+    only)."""
+    from include.event_pipelines.messages import raw_bytes, raw_headers, raw_key
 
     if dead_letters:
         from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
@@ -207,7 +212,8 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
                 dlq_topic,
                 key=raw_key(env),
                 value=raw_bytes(env),
-                headers={"reason": str(d["reason"]).encode(), "source_message_id": env.message_id.encode()},
+                headers=[*raw_headers(env), ("reason", str(d["reason"]).encode()),
+                         ("source_message_id", env.message_id.encode())],
                 on_delivery=lambda err, msg: errors.append(str(err)) if err is not None else None,
             )
         if producer.flush(30) or errors:
@@ -216,21 +222,62 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
         commit_kafka_offsets(envelopes)
 
 
+def _by_group(envelopes: Sequence[Envelope]) -> dict[str | None, list[Envelope]]:
+    by_group: dict[str | None, list[Envelope]] = {}
+    for e in envelopes:
+        if e.source == "kafka" and e.topic is not None:
+            by_group.setdefault(e.group_id, []).append(e)
+    return by_group
+
+
+def _group_consumer(group: str | None, envelopes: Sequence[Envelope]) -> Any:
+    from event_streams.kafka_offsets import SafeKafkaConsumerHook
+
+    return SafeKafkaConsumerHook(topics=sorted({e.topic for e in envelopes if e.topic}),
+                                 kafka_config_id=config.KAFKA_CONN_ID, group_id=group)
+
+
+def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
+    """The run's messages without the Kafka records that would overtake an unsettled one.
+
+    Per-partition order is the contract (the key picks the partition): when a run failed for good, the records of
+    the runs after it must not be applied before its own. A record is held when an offset before it in its
+    partition is neither settled (``kafka_settled`` and the committed offset) nor in this run
+    (``event_streams.kafka_offsets.in_order``). Held records are not settled, so the committed offset stays and the
+    watcher reads them again, after the failed run's records, once it has stood still for
+    ``KAFKA_REDELIVERY_SECONDS``. Other partitions go on.
+    """
+    from event_streams.kafka_offsets import in_order, settled_through
+
+    held: list[Envelope] = []
+    for group, members in _by_group(envelopes).items():
+        hook = _group_consumer(group, members)
+        consumer = hook.get_conn
+        try:
+            through = settled_through(engine(), consumer, hook.effective_config["group.id"],
+                                      {(e.topic, e.partition) for e in members if e.partition is not None},
+                                      from_beginning=hook.from_beginning)
+        finally:
+            consumer.close()
+        held += in_order(members, through)[1]
+    if not held:
+        return list(envelopes)
+    log.warning("held %d record(s) behind an earlier record of their partition that no run has settled yet; the "
+                "watcher reads them again after it: %s", len(held), [e.message_id for e in held[:5]])
+    skip = {id(e) for e in held}
+    return [e for e in envelopes if id(e) not in skip]
+
+
 def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:
     """Record this run's offsets as settled and commit, per partition, the contiguous low watermark of settled
     offsets (``event_streams.kafka_offsets.commit_settled``): never past a record that no run settled, never
     backwards. Each record counts in the consumer group its watcher read it for (``Envelope.group_id``; records
     without one, in the connection's ``group.id``)."""
-    from event_streams.kafka_offsets import SafeKafkaConsumerHook, commit_settled
+    from event_streams.kafka_offsets import commit_settled
 
-    by_group: dict[str | None, list[Envelope]] = {}
-    for e in envelopes:
-        if e.source == "kafka" and e.topic is not None:
-            by_group.setdefault(e.group_id, []).append(e)
     committed: dict[tuple[str, int], int] = {}
-    for group, members in by_group.items():
-        hook = SafeKafkaConsumerHook(topics=sorted({e.topic for e in members if e.topic}),
-                                     kafka_config_id=config.KAFKA_CONN_ID, group_id=group)
+    for group, members in _by_group(envelopes).items():
+        hook = _group_consumer(group, members)
         consumer = hook.get_conn
         try:
             committed |= commit_settled(engine(), consumer, hook.effective_config["group.id"], members,

@@ -39,9 +39,10 @@ def streaming_kafka() -> bool:
 
 
 def kafka_group(group_id: str) -> dict[str, str]:
-    """The Kafka watcher's ``group_id`` argument: its own consumer group. Empty for the stock trigger
-    (``AwaitMessageTrigger`` takes no such argument and reads in the connection's ``group.id``)."""
-    return {"group_id": group_id} if streaming_kafka() else {}
+    """The streaming Kafka watcher's own consumer group (``group_id``) and the events database holding the offsets
+    its runs committed (``settled_conn_id``: where it resumes if the broker dropped them). Empty for the stock
+    trigger (``AwaitMessageTrigger`` takes neither and reads in the connection's ``group.id``)."""
+    return {"group_id": group_id, "settled_conn_id": DB_CONN_ID} if streaming_kafka() else {}
 
 
 # --- runs that fail for good (README "Delivery guarantees") ---

@@ -1,6 +1,6 @@
 """Fault injection for the fault suite (``make test-faults``): off unless ``EVENTS_FAULTS_DIR`` is set.
 
-``maybe_fail("iot.after_publish")`` raises once if the file ``$EVENTS_FAULTS_DIR/iot.after_publish`` exists (and
+``maybe_fail("iot.after_commit")`` raises once if the file ``$EVENTS_FAULTS_DIR/iot.after_commit`` exists (and
 removes it), so a test can make one task attempt die at a chosen point, after some of its effects and before the
 rest, and check that the retry leaves nothing lost and nothing written twice. A marker whose text is ``always``
 stays: every attempt fails there until the test removes it (a run that fails for good). A marker ``hang:<seconds>``

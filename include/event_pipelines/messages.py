@@ -30,6 +30,16 @@ Source = Literal["sqs", "kafka", "manual"]
 M = TypeVar("M", bound=BaseModel)
 
 
+class KafkaHeader(BaseModel):
+    """One Kafka record header: ``value`` (UTF-8 text) or ``value_b64`` (other bytes); neither for a null value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    value: str | None = None
+    value_b64: str | None = None
+
+
 class Envelope(BaseModel):
     """A received message: identity, raw body and what is needed to acknowledge it."""
 
@@ -45,6 +55,7 @@ class Envelope(BaseModel):
     offset: int | None = None
     key: str | None = None
     key_b64: str | None = None  # set instead of ``key`` when the key's bytes are not valid UTF-8
+    headers: tuple[KafkaHeader, ...] | None = None  # Kafka: the record's headers, in order
     broker_timestamp_ms: int | None = None
     read_from: int | None = None  # Kafka: the consumer's read started here; earlier offsets hold no record
     group_id: str | None = None  # Kafka, streaming trigger: the consumer group whose offsets the record counts in
@@ -133,6 +144,15 @@ def raw_key(envelope: Envelope) -> bytes | None:
     if envelope.key_b64 is not None:
         return base64.b64decode(envelope.key_b64)
     return envelope.key.encode("utf-8") if envelope.key is not None else None
+
+
+def raw_headers(envelope: Envelope) -> list[tuple[str, bytes | None]]:
+    """The Kafka record's headers as the broker delivered them, in order (duplicates kept)."""
+    out: list[tuple[str, bytes | None]] = []
+    for h in envelope.headers or ():
+        value = base64.b64decode(h.value_b64) if h.value_b64 is not None else h.value
+        out.append((h.key, value.encode("utf-8") if isinstance(value, str) else value))
+    return out
 
 
 def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:

@@ -1,11 +1,15 @@
 """IoT alerting: evaluate every reading of a run against its rule and the device's remembered state.
 
-Order of effects (at-least-once, exactly-once in the end):
-1. alerts are published and flushed (each with a dedup key derived from the reading that caused it);
-2. then, in one transaction: readings, new device state, the published alerts and any dead letters.
-A crash between 1 and 2 replays the run: the same readings produce the same alerts with the same dedup keys,
-which consumers drop; state is only advanced once. A reading whose content cannot be handled (bad JSON, a
-timestamp out of range or too far from the processing time, ...) is dead-lettered; the rest of the run goes on.
+Order of effects (a transactional outbox: an alert leaves only with the state change that caused it):
+1. in one transaction: readings, new device state, the alerts (``iot_alerts``, and ``iot_alert_outbox`` to be
+   published) and any dead letters;
+2. then every alert in the outbox is published in the order stored (each with a dedup key derived from the reading
+   that caused it), flushed, and deleted from the outbox.
+A run that fails before 1 has published nothing and is read again; one that fails between 1 and 2 leaves its alerts
+in the outbox, and the next attempt (or the next run) publishes them; one that fails after publishing and before
+the delete publishes them again with the same dedup keys, which consumers drop. A reading whose content cannot be
+handled (bad JSON, a timestamp out of range or too far from the processing time, ...) is dead-lettered; the rest of
+the run goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, delete, select, tuple_
 
 from include.event_pipelines import db
 from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
@@ -36,12 +40,14 @@ class IotOutcome:
     alerts_cleared: int = 0
     dead_letters: list[dict[str, object]] = field(default_factory=list)
     message_ids: list[str] = field(default_factory=list)  # the readings stored (not dead-lettered)
+    published: int = 0  # alerts published from the outbox (this run's, and any an earlier attempt left there)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "readings": self.readings,
             "alerts_raised": self.alerts_raised,
             "alerts_cleared": self.alerts_cleared,
+            "alerts_published": self.published,
             "dead_lettered": [d["message_id"] for d in self.dead_letters],
         }
 
@@ -96,6 +102,25 @@ def _dead_letter(outcome: IotOutcome, env: Envelope, exc: Exception) -> None:
     outcome.dead_letters.append(dead_letter_row(env, reason))
 
 
+def publish_outbox(engine: Engine, publish: Publisher, after_effect: Callable[[str], None] | None = None,
+                   batch: int = 500) -> int:
+    """Publish every alert in ``iot_alert_outbox``, oldest first, and delete each batch once it is acknowledged;
+    returns how many were published. Alerts are there only once their state change is committed."""
+    t = tables.iot_alert_outbox
+    published = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(select(t.c.id, t.c.event).order_by(t.c.id).limit(batch)).all()
+        if not rows:
+            return published
+        publish([AlertEvent.model_validate_json(event) for _, event in rows])  # flushed: acknowledged by the topic
+        if after_effect is not None:
+            after_effect("iot.after_publish")
+        with engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.id.in_([i for i, _ in rows])))
+        published += len(rows)
+
+
 def process_readings(
     envelopes: Sequence[Envelope],
     engine: Engine,
@@ -110,8 +135,8 @@ def process_readings(
 
     ``now`` (default: the current time) and the bounds (default: ``settings.IOT_MAX_READING_AGE_SECONDS`` and
     ``settings.IOT_MAX_CLOCK_SKEW_SECONDS``) decide which readings are too old or too far in the future.
-    ``after_effect("iot.after_publish")`` is called after the alerts are published, before anything is stored (the
-    fault suite's hook).
+    ``after_effect(point)`` is the fault suite's hook, called at ``iot.before_commit`` (evaluated, nothing stored),
+    ``iot.after_commit`` (stored, nothing published) and ``iot.after_publish`` (published, still in the outbox).
     """
     now = db.utcnow() if now is None else now
     if now.tzinfo is None:
@@ -161,10 +186,8 @@ def process_readings(
             alerts.append(alert)
         accepted.append((env.message_id, r))
 
-    if alerts:
-        publish(alerts)  # flushed before any state is committed
-    if after_effect is not None:
-        after_effect("iot.after_publish")
+    hook = after_effect or (lambda _point: None)
+    hook("iot.before_commit")
     with engine.begin() as conn:
         db.insert_ignore(
             conn,
@@ -192,7 +215,11 @@ def process_readings(
                 for a in alerts
             ],
         )
+        db.insert_ignore(conn, tables.iot_alert_outbox,
+                         [{"dedup_key": a.dedup_key, "event": a.model_dump_json()} for a in alerts])
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)
+    hook("iot.after_commit")
+    outcome.published = publish_outbox(engine, publish, hook)
 
     outcome.readings = len(accepted)
     outcome.message_ids = [mid for mid, _ in accepted]

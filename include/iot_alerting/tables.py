@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, String, Table
+from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text
 
 from include.event_pipelines.db import UtcDateTime, metadata
 
@@ -28,7 +28,7 @@ iot_device_state = Table(
     Column("changed_at", UtcDateTime(), nullable=False),
 )
 
-iot_alerts = Table(  # what was published, keyed on the dedup key the alert carries
+iot_alerts = Table(  # every alert the state changes caused, keyed on the dedup key the alert carries
     "iot_alerts",
     metadata,
     Column("dedup_key", String(256), primary_key=True),
@@ -38,4 +38,12 @@ iot_alerts = Table(  # what was published, keyed on the dedup key the alert carr
     Column("value", Float, nullable=False),
     Column("ts", UtcDateTime(), nullable=False),
     Column("message_id", String(256), nullable=False),
+)
+
+iot_alert_outbox = Table(  # alerts stored with their state change and not yet published; deleted once acknowledged
+    "iot_alert_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),  # publishing order: the order they were stored
+    Column("dedup_key", String(256), nullable=False, unique=True),
+    Column("event", Text, nullable=False),  # the AlertEvent as JSON, exactly as it is published
 )

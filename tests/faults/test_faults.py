@@ -129,10 +129,10 @@ def test_kafka_broker_stopped_for_20s_mid_stream_loses_nothing(stack: Stack, rep
     assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == publish.expected_alerts(records)
 
 
-@pytest.mark.parametrize("point", ["iot.after_publish", "inference.after_store", "etl.after_load"])
+@pytest.mark.parametrize("point", ["iot.after_commit", "iot.after_publish", "inference.after_store", "etl.after_load"])
 def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: str, report_line) -> None:
     (Path(stack.info["EVENTS_FAULTS_DIR"]) / point).touch()
-    run_id = "retry" + point.split(".")[0]
+    run_id = "retry" + point.replace(".", "").replace("_", "")
     if point.startswith("iot"):
         records, dag_id = publish.publish_iot(20, devices=2, run_id=run_id, bootstrap=stack.bootstrap), "iot_alerting"
     elif point.startswith("inference"):
@@ -152,11 +152,12 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
             alerts = conn.execute(select(func.count()).select_from(iot_tables.iot_alerts).where(
                 iot_tables.iot_alerts.c.device_id.like(f"dev-{run_id}-%"))).scalar_one()
             assert alerts == sum(publish.expected_alerts(records))
-            # The failed attempt had published (and flushed) its run's alerts; the retry published them again with
-            # the same dedup keys: exactly those are the duplicates on the topic, which consumers drop.
+            # after_commit: the attempt stored state and alerts (the outbox) and died before publishing; the retry
+            # published them: no duplicate. after_publish: it had published (and flushed) them too; the retry
+            # published them again with the same dedup keys: exactly those are the duplicates, which consumers drop.
             retried = _messages_of_retried_runs(stack, dag_id, "evaluate_and_alert")
             republished = sum(1 for r in records if r["message_id"] in retried and r["expect"].get("transition"))
-            assert report.outputs["alert_duplicates"] == republished
+            assert report.outputs["alert_duplicates"] == (republished if point == "iot.after_publish" else 0)
         elif point.startswith("inference"):
             assert report.rows == 20 and report.outputs["reply_duplicates"] == 0
         else:
@@ -170,7 +171,7 @@ def test_a_task_orphaned_by_a_killed_scheduler_is_retried_within_the_heartbeat_t
     process itself lives on, without heartbeats). The restarted scheduler resets the dead one's running task at its
     next orphan check (the Dockerfile's 30 s; default 300 s) and the retry finishes it: iot_alerting (one run at a
     time) is blocked for about a minute, not five. The orphaned process wakes up later and is refused."""
-    marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.after_publish"
+    marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.before_commit"
     marker.write_text("hang:120")
     records = publish.publish_iot(20, devices=2, run_id="orphan", bootstrap=stack.bootstrap)
     assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"
@@ -350,7 +351,7 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
     """Per broker: a batch whose run fails on every attempt, then good traffic. A message that was in fewer than
     MAX_FAILED_RUNS (2 here) failed runs is processed once redelivered; one that reached it is dead-lettered with
     the task's error. None is missing, and the Kafka group never commits past an unsettled reading."""
-    points = ["iot.after_publish", "inference.after_store"]
+    points = ["iot.before_commit", "inference.after_store"]
     # 1. One failed run, then the fault clears: the same messages are processed after redelivery.
     iot1 = publish.publish_iot(10, devices=2, run_id="ffg1", bootstrap=stack.bootstrap)
     inf1 = publish.publish_inference(10, run_id="ffg1", target=stack.target)
@@ -374,7 +375,7 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
     took3 = _with_every_attempt_failing(stack, points, {"iot_alerting": iot3, "inference_execution": inf3}, 2)
     iot4 = publish.publish_iot(10, devices=2, run_id="ffg4", bootstrap=stack.bootstrap)
     inf4 = publish.publish_inference(10, run_id="ffg4", target=stack.target)
-    for recs, point in ((iot3, "iot.after_publish"), (inf3, "inference.after_store")):
+    for recs, point in ((iot3, "iot.before_commit"), (inf3, "inference.after_store")):
         for r in recs:
             r["expect"] = {"dead_letter_reason_contains": f"InjectedFault: injected fault at {point}"}
     started = time.time()

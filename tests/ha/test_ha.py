@@ -135,7 +135,7 @@ def test_killing_one_scheduler_leaves_the_other_creating_and_starting_runs(stack
 
 
 def test_killing_a_worker_mid_task_retries_the_task_on_the_other(stack: Stack, report_line) -> None:
-    marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.after_publish"
+    marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.before_commit"
     marker.write_text("hang:600")
     records = publish.publish_iot(20, devices=2, run_id="haworker", bootstrap=stack.bootstrap)
     assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"

@@ -113,6 +113,7 @@ def test_kafka_watcher_applies_the_project_record_form(watchers: tuple[str, dict
         assert (kwargs["poll_timeout"], kwargs["poll_interval"], kwargs["commit_offset"]) == (1, 5, True)
     else:  # its own consumer group, not the connection's: a second DAG on the topic does not share its offsets
         assert kwargs["group_id"] == iot_settings.IOT_KAFKA_GROUP_ID == "airflow.iot_alerting"
+        assert kwargs["settled_conn_id"] == config.DB_CONN_ID  # where it resumes if the broker dropped its offsets
 
 
 def test_sqs_watchers_never_delete_on_reception_and_long_poll(watchers: tuple[str, dict]) -> None:

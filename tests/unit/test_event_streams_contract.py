@@ -24,6 +24,7 @@ class Record:
     def partition(self): return 2
     def offset(self): return 7
     def timestamp(self): return (1, self._ts)
+    def headers(self): return None
 
 
 @pytest.mark.parametrize("record", [

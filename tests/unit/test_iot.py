@@ -103,6 +103,51 @@ def test_replaying_a_run_publishes_nothing_new_and_writes_nothing_twice(engine: 
         assert len(conn.execute(select(iot_tables.iot_alerts)).all()) == 2
 
 
+def test_an_alert_is_published_only_once_its_state_change_is_stored(engine: Engine) -> None:
+    """The outbox: a publisher that is down fails the attempt after the state is committed, and nothing is on the
+    topic; the retry (the same readings, now "not newer") publishes the stored alerts, in order, exactly once."""
+    def down(alerts) -> None:
+        raise RuntimeError("alerts topic unavailable")
+
+    run = [reading(0, "fan-2", "vibration", 20.0, "mm/s", 0), reading(1, "fan-2", "vibration", 5.0, "mm/s", 1)]
+    with pytest.raises(RuntimeError, match="unavailable"):
+        process_readings(run, engine, down, now=NOW)
+    with engine.connect() as conn:  # state and alerts stored together; both alerts still waiting in the outbox
+        assert conn.execute(select(iot_tables.iot_device_state.c.alerting)).scalars().all() == [False]
+        waiting = conn.execute(select(iot_tables.iot_alert_outbox.c.event).order_by(iot_tables.iot_alert_outbox.c.id))
+        assert [json.loads(e)["kind"] for e in waiting.scalars()] == ["raised", "cleared"]
+    published = Recorder()
+    retry = process_readings(run, engine, published, now=NOW)
+    assert (retry.alerts_raised, retry.published) == (0, 2)  # nothing new evaluated; the stored ones published
+    assert [[(a.kind, a.source_message_id) for a in call] for call in published.calls] == [
+        [("raised", "iot-readings/0/0"), ("cleared", "iot-readings/0/1")]]
+    with engine.connect() as conn:
+        assert conn.execute(select(iot_tables.iot_alert_outbox)).all() == []
+    process_readings([reading(2, "fan-2", "vibration", 4.0, "mm/s", 2)], engine, published, now=NOW)
+    assert len(published.calls) == 1  # an empty outbox publishes nothing
+
+
+@pytest.mark.parametrize(("point", "republished"), [("iot.before_commit", 0), ("iot.after_commit", 0),
+                                                    ("iot.after_publish", 1)])
+def test_a_crash_at_each_point_ends_with_the_state_and_the_alerts_of_one_run(engine: Engine, point: str,
+                                                                            republished: int) -> None:
+    def crash(at: str) -> None:
+        if at == point:
+            raise RuntimeError(f"killed at {at}")
+
+    published = Recorder()
+    run = [reading(0, "fan-3", "vibration", 20.0, "mm/s", 0)]
+    with pytest.raises(RuntimeError, match=point):
+        process_readings(run, engine, published, now=NOW, after_effect=crash)
+    assert len(published.calls) == republished  # before the commit nothing may leave; after it, only what is stored
+    process_readings(run, engine, published, now=NOW)
+    assert [a.kind for call in published.calls for a in call] == ["raised"] * (1 + republished)  # same dedup key
+    assert len({a.dedup_key for call in published.calls for a in call}) == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(iot_tables.iot_device_state.c.alerting)).scalars().all() == [True]
+        assert conn.execute(select(iot_tables.iot_alert_outbox)).all() == []
+
+
 def test_readings_that_trip_nothing_publish_nothing(engine: Engine) -> None:
     published = Recorder()
     process_readings([reading(i, f"d-{i}", "humidity", 40 + i, "%", i) for i in range(20)], engine, published, now=NOW)

@@ -14,15 +14,16 @@ from include.event_pipelines.messages import (
     envelopes_from_conf,
     kafka_message_to_event,
     raw_bytes,
-    raw_key,
+    raw_headers, raw_key,
 )
 
 
 class Record:
     """A stand-in for a confluent_kafka.Message (a plain value object; no broker involved)."""
 
-    def __init__(self, value: bytes | None, offset: int = 7, key: bytes | None = b"pump-1") -> None:
-        self._value, self._offset, self._key = value, offset, key
+    def __init__(self, value: bytes | None, offset: int = 7, key: bytes | None = b"pump-1",
+                 headers: list[tuple[str, bytes | None]] | None = None) -> None:
+        self._value, self._offset, self._key, self._headers = value, offset, key, headers
 
     def value(self): return self._value
     def key(self): return self._key
@@ -30,6 +31,7 @@ class Record:
     def partition(self): return 2
     def offset(self): return self._offset
     def timestamp(self): return (1, 1_764_000_000_000)
+    def headers(self): return self._headers
 
 
 class Thing(BaseModel):
@@ -118,6 +120,14 @@ def test_each_record_counts_in_the_consumer_group_its_event_names() -> None:
               {"payload": {"source": "kafka_batch", "records": [records[0] | {"offset": 5, "message_id": "x/0/5"}]}}]
     assert [e.group_id for e in envelopes_from_asset_events(events)] == ["airflow.iot_alerting", "airflow.iot_copy",
                                                                          None]  # an event from before groups
+
+
+def test_dead_letter_copies_keep_the_original_headers_in_order() -> None:
+    headers = [("traceparent", b"00-abc-01"), ("bin", b"\xff\x00"), ("none", None), ("traceparent", b"again")]
+    [env] = envelopes_from_asset_events([{"payload": {"source": "kafka_batch", "records": [
+        kafka_message_to_event(Record(b"{}", headers=headers))]}}])
+    assert raw_headers(env) == headers
+    assert raw_headers(Envelope(source="kafka", message_id="t/0/1", body="{}")) == []
 
 
 def test_dead_letter_copies_keep_the_original_key_bytes() -> None:

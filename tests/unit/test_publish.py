@@ -61,6 +61,9 @@ class FakeKafkaMessage:
     def timestamp(self) -> tuple[int, int]:
         return (1, 1_700_000_000_000)
 
+    def headers(self) -> None:
+        return None
+
 
 def kafka_envelope(offset: int, msg: pub.OutMessage, topic: str = "iot-readings") -> Envelope:
     """The envelope the Kafka watcher would build for this record (through the real apply function)."""

@@ -37,8 +37,9 @@ class RecordingSource:
         self.settled: list[tuple[list[str], list[dict[str, Any]]]] = []
         self.given_back: list[str] = []
 
-    def take(self, envelopes: list[Envelope]) -> None:
+    def take(self, envelopes: list[Envelope]) -> list[Envelope]:
         self.taken += [e.message_id for e in envelopes]
+        return list(envelopes)
 
     def settle(self, envelopes: list[Envelope], dead_letters: list[dict[str, Any]]) -> None:
         self.settled.append(([e.message_id for e in envelopes], list(dead_letters)))

@@ -17,10 +17,13 @@ from sqlalchemy import Engine, select
 from event_streams.kafka_offsets import (
     LAST_COMMIT,
     SafeKafkaConsumerHook,
+    commit_base,
     commit_settled,
+    in_order,
     kafka_settled,
     safe_consumer_config,
     settled_intervals,
+    settled_through,
     watermark,
 )
 
@@ -117,6 +120,53 @@ def test_watermark_is_the_first_offset_not_covered(committed: int, spans: list[t
     while expected in covered:
         expected += 1
     assert watermark(committed, intervals) == expected
+
+
+# --- per-partition order --------------------------------------------------------------------------------------------
+def test_records_behind_an_unsettled_one_of_their_partition_are_held() -> None:
+    """Run A (offsets 10-14 of partition 0) failed for good; run B carries 15-19 of partition 0 and 3-4 of partition
+    1: B applies partition 1 and holds partition 0, whose records would overtake A's."""
+    run_b = kafka(range(15, 20)) + kafka([3, 4], partition=1)
+    ready, held = in_order(run_b, {(T, 0): 10, (T, 1): 3})
+    assert [e.message_id for e in held] == [f"{T}/0/{o}" for o in range(15, 20)]
+    assert [e.message_id for e in ready] == [f"{T}/1/3", f"{T}/1/4"]
+    # A's records read again together with B's: all ready, in order; so are records already settled (a re-read)
+    again = kafka(range(8, 20))
+    assert in_order(again, {(T, 0): 10}) == (again, [])
+
+
+def test_a_record_after_a_marker_is_ready_through_its_read_range() -> None:
+    after_marker = [Envelope(source="kafka", message_id=f"{T}/0/6", topic=T, partition=0, offset=6, read_from=5)]
+    assert in_order(after_marker, {(T, 0): 5}) == (after_marker, [])
+    assert in_order(after_marker, {(T, 0): 4})[1] == after_marker  # offset 4 not settled: held
+    other = [Envelope(source="sqs", message_id="m"), *kafka([1], partition=2)]
+    assert in_order(other, {(T, 0): 0}) == (other, [])  # not Kafka, or a partition of unknown progress
+
+
+@given(st.integers(0, 30), st.lists(st.integers(0, 40), unique=True, max_size=25))
+def test_held_records_are_exactly_those_after_the_first_offset_nobody_settled(through: int, offsets: list[int]
+                                                                               ) -> None:
+    run = kafka(sorted(offsets))
+    ready, held = in_order(run, {(T, 0): through})
+    reach = watermark(through, [(o, o + 1) for o in offsets])
+    assert [e.offset for e in ready] == [o for o in sorted(offsets) if o < reach]
+    assert [e.offset for e in held] == [o for o in sorted(offsets) if o >= reach]
+
+
+def test_commit_base_prefers_the_committed_offset_then_the_last_commit_then_the_reset() -> None:
+    assert commit_base(12, 40, [], 3, True) == 12 and commit_base(1, -1, [], 3, True) == 3  # below the log start
+    assert commit_base(-1, 40, [], 3, True) == 40  # the broker dropped the group's offsets: the last commit
+    assert commit_base(-1, -1, [(7, 9)], 3, True) == 3 and commit_base(-1, -1, [(7, 9)], 3, False) == 7
+    assert commit_base(-1, -1, [], 3, False) is None
+
+
+def test_settled_through_counts_stored_ranges_from_the_committed_offset(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 0, (T, 1): 0})
+    commit_settled(engine, group, "g", kafka(range(5, 10)))  # a gap at 0-4: stored, not committed
+    commit_settled(engine, group, "g", kafka(range(0, 3), partition=1))
+    assert settled_through(engine, group, "g", [(T, 0), (T, 1)]) == {(T, 0): 0, (T, 1): 3}
+    commit_settled(engine, group, "g", kafka(range(0, 5)))
+    assert settled_through(engine, group, "g", [(T, 0)]) == {(T, 0): 10}
 
 
 # --- consumer settings ---------------------------------------------------------------------------------------------

@@ -99,8 +99,9 @@ def test_tuning_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 
 class Record:
-    def __init__(self, value: bytes | None, key: Any = b"k", timestamp: int = 1_700_000_000_000) -> None:
-        self._value, self._key, self._ts = value, key, timestamp
+    def __init__(self, value: bytes | None, key: Any = b"k", timestamp: int = 1_700_000_000_000,
+                 headers: list[tuple[str, bytes | None]] | None = None) -> None:
+        self._value, self._key, self._ts, self._headers = value, key, timestamp, headers
 
     def value(self) -> bytes | None:
         return self._value
@@ -110,6 +111,9 @@ class Record:
 
     def timestamp(self) -> tuple[int, int]:
         return 1, self._ts
+
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
+        return self._headers
 
     def topic(self) -> str:
         return "t"
@@ -137,6 +141,15 @@ def test_kafka_record_keeps_key_bytes_and_where_the_read_started() -> None:
     assert "read_from" not in payload.kafka_record(Record(b"{}"), read_from=9)  # the record's own offset
     for stamp in (2**62, -5, payload.MAX_TIMESTAMP_MS + 1):  # a broker timestamp no datetime holds is left out
         assert "broker_timestamp_ms" not in payload.kafka_record(Record(b"{}", timestamp=stamp))
+
+
+def test_kafka_record_keeps_every_header_in_order() -> None:
+    headers = [("trace", b"abc"), ("bin", b"\xff\x00"), ("none", None), ("trace", b"again")]
+    record = payload.kafka_record(Record(b"{}", headers=headers))
+    assert record["headers"] == [{"key": "trace", "value": "abc"}, {"key": "bin", "value_b64": "/wA="},
+                                 {"key": "none"}, {"key": "trace", "value": "again"}]
+    assert "headers" not in payload.kafka_record(Record(b"{}", headers=[]))
+    assert payload.header_bytes(record["headers"]) == len("traceabc" "bin/wA=" "none" "traceagain")
 
 
 class Consumer:

@@ -117,6 +117,9 @@ class FakeRecord:
     def timestamp(self) -> tuple[int, int]:
         return 1, 1_700_000_000_000
 
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return getattr(self, "_headers", None)
+
     def topic(self) -> str:
         return "iot-readings"
 
@@ -204,6 +207,16 @@ def test_kafka_keys_count_toward_max_event_bytes() -> None:
     consumer.fetched += [FakeRecord(i, size=10, key=b"k" * 400) for i in range(3)]
     events = _all_of(_kafka(consumer, max_event_bytes=1000, linger_seconds=0).gather)
     assert [[r["offset"] for r in e] for e in events] == [[0, 1], [2]]  # 410 bytes each with its key
+
+
+def test_kafka_headers_count_toward_max_event_bytes() -> None:
+    consumer = ScriptedConsumer()
+    records = [FakeRecord(i, size=10, key=b"") for i in range(3)]
+    for r in records:
+        r._headers = [("trace", b"t" * 395)]  # type: ignore[attr-defined]  # 400 bytes of header
+    consumer.fetched += records
+    events = _all_of(_kafka(consumer, max_event_bytes=1000, linger_seconds=0).gather)
+    assert [[r["offset"] for r in e] for e in events] == [[0, 1], [2]]  # 410 bytes each with its header
 
 
 def test_kafka_records_say_where_the_read_before_them_started() -> None:
@@ -431,6 +444,41 @@ def test_a_partition_without_a_committed_offset_starts_at_a_committed_reset_posi
     assert trigger._next == {("t", 0): 7, ("t", 1): start, ("t", 2): start}
 
 
+def test_a_partition_the_broker_dropped_resumes_at_the_offset_the_runs_committed_last(tmp_path: Any,
+                                                                                     monkeypatch: Any) -> None:
+    """The triggerer was down longer than offsets.retention.minutes: partitions 1 and 2 have no committed offset.
+    Partition 1's runs committed 25 last (kept in the events database): it resumes there, not at the log start;
+    partition 2 was never committed by a run: the reset position."""
+    from sqlalchemy import create_engine
+
+    from event_streams.kafka_offsets import commit_settled
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", url)
+
+    class Before:  # the group as it was before the broker dropped it: partition 1 at 20
+        def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            return [TopicPartition(tp.topic, tp.partition, 20) for tp in partitions]
+
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            return 3, 40
+
+        def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+            pass
+
+    runs = [type("E", (), {"source": "kafka", "topic": "t", "partition": 1, "offset": o, "read_from": None})()
+            for o in range(20, 25)]
+    commit_settled(create_engine(url), Before(), "airflow.dag", runs)
+    consumer = Partitions()
+    trigger = StreamingKafkaTrigger(topics=["t"], group_id="airflow.dag", settled_conn_id="events_db")
+    trigger._config = {"group.id": "airflow.dag"}
+    trigger._consumer = consumer
+    trigger._assign(consumer, set())
+    assert consumer.assigned == [("t", 0, 7), ("t", 1, 25), ("t", 2, 3)]
+    assert consumer.commits == [[("t", 1, 25), ("t", 2, 3)]]
+    assert StreamingKafkaTrigger(**trigger.serialize()[1]).settled_conn_id == "events_db"
+
+
 def test_offsets_gone_from_the_broker_are_committed_back_at_once_and_never_re_read() -> None:
     view = GroupView(committed=50, position=50)
     trigger = _watching(view, seconds=10)
@@ -457,3 +505,11 @@ def test_idle_offsets_are_renewed_every_keepalive_period_only_when_nothing_is_in
     trigger.redeliver(200)
     assert commits == [50]
     assert StreamingKafkaTrigger(**trigger.serialize()[1]).offsets_keepalive_seconds == 100
+
+
+def test_with_re_reading_off_offsets_are_still_kept_alive_and_restored() -> None:
+    view = GroupView(committed=50, position=60)
+    trigger = _watching(view, seconds=0)
+    assert trigger.redeliver(0) == []
+    view.committed_offset = OFFSET_INVALID  # dropped by the broker
+    assert trigger.redeliver(10**6) == [] and view.committed_offset == 50 and view.seeks == []  # never re-read

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
 from confluent_kafka import KafkaException, TopicPartition
@@ -52,6 +52,8 @@ class Envelope(Protocol):
     offset: int | None
     # optional: read_from (where the consumer's read before this record started), see settled_intervals
 
+
+E = TypeVar("E", bound=Envelope)
 
 def ensure_schema(engine: Engine) -> None:
     """Create ``kafka_settled`` if it is missing (idempotent)."""
@@ -105,6 +107,36 @@ def watermark(committed: int, intervals: Iterable[Interval]) -> int:
             break
         current = max(current, end)
     return current
+
+
+def commit_base(current: int, last: int, ranges: Sequence[Interval], low: int, from_beginning: bool) -> int | None:
+    """Where a partition's settled stretch starts: the committed offset ``current`` (at least the log start ``low``),
+    else the offset committed last (``last``, kept in ``kafka_settled``), else the log start (``from_beginning``) or
+    the lowest stored range (``auto.offset.reset=latest``); ``None`` when none of them is known."""
+    if current >= 0:
+        return max(current, low)
+    if last >= 0:
+        return max(last, low)
+    if from_beginning:
+        return low
+    return min((s for s, _ in ranges), default=None)
+
+
+def in_order(envelopes: Sequence[E], through: Mapping[Partition, int]) -> tuple[list[E], list[E]]:
+    """``(ready, held)``: a Kafka record is held when an offset before it in its partition is neither settled
+    (below ``through``) nor covered by the records before it in ``envelopes`` (their ``[read_from, offset + 1)``
+    ranges, contiguously). A run applies only its ready records, so a later record never overtakes one that a run
+    failed on: the held ones are read again after it, in order. Partitions missing from ``through``, and messages
+    that are not Kafka records, are ready."""
+    ranges = settled_intervals(envelopes)
+    reach = {key: watermark(start, ranges.get(key, [])) for key, start in through.items()}
+    ready: list[E] = []
+    held: list[E] = []
+    for e in envelopes:
+        key = (e.topic, e.partition) if e.source == "kafka" else None
+        limit = reach.get(key) if key is not None else None  # type: ignore[arg-type]
+        (held if limit is not None and e.offset is not None and e.offset >= limit else ready).append(e)
+    return ready, held
 
 
 def safe_consumer_config(conn_id: str, extra: Mapping[str, Any], group_id: str | None = None) -> dict[str, Any]:
@@ -219,6 +251,54 @@ def _stored(conn: Any, group_id: str, partitions: Iterable[Partition]) -> dict[P
     return found
 
 
+def _committed(consumer: Any, keys: Sequence[Partition]) -> dict[Partition, int]:
+    committed: dict[Partition, int] = {}
+    for tp in consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=30):
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        committed[(tp.topic, tp.partition)] = tp.offset
+    return committed
+
+
+def settled_through(engine: Engine, consumer: Any, group_id: str, partitions: Iterable[Partition], *,
+                    from_beginning: bool = True) -> dict[Partition, int]:
+    """Per partition, the offset before which every record is settled for ``group_id``: the committed offset (see
+    ``commit_base``) advanced through the settled ranges stored so far. Partitions where that is unknown are left
+    out. ``consumer`` belongs to ``group_id``; nothing is written."""
+    keys = sorted(set(partitions))
+    if not keys:
+        return {}
+    if engine not in _schema_ready:
+        ensure_schema(engine)
+        _schema_ready.add(engine)
+    with engine.connect() as conn:
+        stored = _stored(conn, group_id, keys)
+    committed = _committed(consumer, keys)
+    through: dict[Partition, int] = {}
+    for key in keys:
+        last = max((e for s, e in stored[key] if s == LAST_COMMIT), default=-1)
+        ranges = [(s, e) for s, e in stored[key] if s != LAST_COMMIT]
+        low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
+        base = commit_base(committed.get(key, -1), last, ranges, low, from_beginning)
+        if base is not None:
+            through[key] = watermark(base, ranges)
+    return through
+
+
+def last_commits(engine: Engine, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
+    """The offset ``commit_settled`` committed last per partition of ``group_id`` (partitions it never committed
+    are left out); nothing is written. Read by the trigger when the broker has dropped the group's offsets."""
+    from sqlalchemy import inspect
+
+    keys = sorted(set(partitions))
+    if not keys or not inspect(engine).has_table(kafka_settled.name):
+        return {}
+    with engine.connect() as conn:
+        stored = _stored(conn, group_id, keys)
+    last = {k: [e for s, e in spans if s == LAST_COMMIT] for k, spans in stored.items()}
+    return {k: max(ends) for k, ends in last.items() if ends}
+
+
 def commit_settled(
     engine: Engine, consumer: Any, group_id: str, envelopes: Iterable[Envelope], *, from_beginning: bool = True
 ) -> dict[Partition, int]:
@@ -243,25 +323,14 @@ def commit_settled(
         _lock(conn, group_id)
         _store(conn, group_id, intervals)
         stored = _stored(conn, group_id, keys)
-        committed: dict[Partition, int] = {}
-        for tp in consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=30):
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-            committed[(tp.topic, tp.partition)] = tp.offset
+        committed = _committed(consumer, keys)
         for key in keys:
             current = committed.get(key, -1)
             last = max((e for s, e in stored[key] if s == LAST_COMMIT), default=-1)
             ranges = [(s, e) for s, e in stored[key] if s != LAST_COMMIT]
             low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
-            if current >= 0:
-                base = max(current, low)
-            elif last >= 0:
-                base = max(last, low)
-            elif from_beginning:
-                base = low
-            else:
-                base = min(s for s, _ in ranges)
-            new = watermark(base, ranges)
+            base = commit_base(current, last, ranges, low, from_beginning)
+            new = watermark(base, ranges) if base is not None else current
             if new > current:
                 ahead[key] = new
         if ahead:

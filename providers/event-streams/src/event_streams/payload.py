@@ -30,13 +30,27 @@ def _text_or_b64(value: bytes | None) -> tuple[str | None, str | None]:
         return None, base64.b64encode(value).decode("ascii")
 
 
+def _header(key: str, value: bytes | None) -> dict[str, str]:
+    text, b64 = _text_or_b64(value) if isinstance(value, bytes) else (value, None)
+    header = {"key": key, "value": text, "value_b64": b64}
+    return {k: v for k, v in header.items() if v is not None}
+
+
+def header_bytes(headers: Any) -> int:
+    """The bytes ``kafka_record``'s ``headers`` take in an event (keys and values, base64 text as it rides)."""
+    return sum(len(str(h.get("key", "")).encode("utf-8")) + len(str(h.get("value") or h.get("value_b64") or "")
+                                                                 .encode("utf-8"))
+               for h in headers or () if isinstance(h, dict))
+
+
 def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, read_from: int | None = None
                  ) -> dict[str, Any]:
     """One consumed ``confluent_kafka.Message`` as a JSON-safe dict; ``None`` values are left out.
 
     Keys: ``source`` ("kafka"), ``message_id`` (``topic/partition/offset``), ``body`` (UTF-8 text) or ``body_b64``
     (other bytes) or ``body_omitted_bytes`` (over ``max_body_bytes``), ``topic``, ``partition``, ``offset``,
-    ``key`` (UTF-8 text) or ``key_b64`` (other bytes), ``broker_timestamp_ms`` (left out unless in year 1970-9999),
+    ``key`` (UTF-8 text) or ``key_b64`` (other bytes), ``headers`` (in order, duplicates kept: ``{"key", "value"}``
+    with UTF-8 text, ``{"key", "value_b64"}`` with other bytes, ``{"key"}`` for a null value), ``broker_timestamp_ms`` (left out unless in year 1970-9999),
     ``read_from`` (given by the trigger when the consumer's read started before ``offset``: the offsets in between
     hold nothing a consumer receives).
     """
@@ -48,6 +62,7 @@ def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rea
         body, body_b64 = _text_or_b64(value)
     raw_key = message.key()
     key, key_b64 = _text_or_b64(raw_key) if isinstance(raw_key, bytes) else (raw_key, None)
+    headers = [_header(k, v) for k, v in (message.headers() or ())]
     _, timestamp_ms = message.timestamp()
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     record = {
@@ -60,6 +75,7 @@ def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rea
         "offset": offset,
         "key": key,
         "key_b64": key_b64,
+        "headers": headers or None,
         "broker_timestamp_ms": timestamp_ms if timestamp_ms and 0 < timestamp_ms <= MAX_TIMESTAMP_MS else None,
         "body_omitted_bytes": omitted,
         "read_from": read_from if read_from is not None and 0 <= read_from < offset else None,

@@ -59,12 +59,12 @@ def sqs_body_bytes(message: Mapping[str, Any]) -> int:
 
 
 def kafka_body_bytes(record: Any) -> int:
-    """The bytes the record takes in the event: body and key (base64 text for bytes that are not UTF-8); for what
-    an ``apply_function`` returned in another shape, the size of its JSON."""
+    """The bytes the record takes in the event: body, key and headers (base64 text for bytes that are not UTF-8);
+    for what an ``apply_function`` returned in another shape, the size of its JSON."""
     if isinstance(record, Mapping) and record.keys() & {"body", "body_b64", "body_omitted_bytes"}:
         body = record["body"].encode("utf-8") if record.get("body") is not None else (record.get("body_b64") or "")
         key = record["key"].encode("utf-8") if record.get("key") is not None else (record.get("key_b64") or "")
-        return len(body) + len(key)
+        return len(body) + len(key) + payload.header_bytes(record.get("headers"))
     return len(json.dumps(record, default=str).encode("utf-8"))
 
 
@@ -257,6 +257,11 @@ class StreamingSqsTrigger(BaseEventTrigger):
 class StreamingKafkaTrigger(BaseEventTrigger):
     """Read assigned partitions forever from the committed offsets; one event per gathered batch; never commits.
 
+    A partition without a committed offset starts where the pipeline committed last when ``settled_conn_id`` (the
+    events database's connection, holding ``kafka_settled``) knows it: the broker drops the offsets of a group
+    ``offsets.retention.minutes`` after their last commit, e.g. while the triggerer was down for longer; else at the
+    connection's ``auto.offset.reset``.
+
     The offsets are those of consumer group ``group_id`` (give each watcher its own: two watchers in one group would
     move each other's committed offsets), else of the connection's ``group.id``; each event names its group
     (``payload.GROUP_ID``) for the run that commits. The group never has members (``assign()``): while another
@@ -276,6 +281,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         topics: Sequence[str],
         kafka_config_id: str = "kafka_default",
         group_id: str | None = None,
+        settled_conn_id: str | None = None,
         apply_function: str | None = None,
         apply_function_args: Sequence[Any] | None = None,
         apply_function_kwargs: dict[str, Any] | None = None,
@@ -292,6 +298,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.topics = list(topics)
         self.kafka_config_id = kafka_config_id
         self.group_id = group_id
+        self.settled_conn_id = settled_conn_id
         self.apply_function = apply_function
         self.apply_function_args = list(apply_function_args or ())
         self.apply_function_kwargs = dict(apply_function_kwargs or {})
@@ -329,6 +336,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 "topics": self.topics,
                 "kafka_config_id": self.kafka_config_id,
                 "group_id": self.group_id,
+                "settled_conn_id": self.settled_conn_id,
                 "apply_function": self.apply_function,
                 "apply_function_args": self.apply_function_args,
                 "apply_function_kwargs": self.apply_function_kwargs,
@@ -398,9 +406,19 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             for tp in positions:
                 if tp.error is not None:
                     raise KafkaException(tp.error)
+            missing = [(tp.topic, tp.partition) for tp in positions if tp.offset < 0]
+            last = self._last_commits(missing) if missing else {}
+            for tp in positions:
                 if tp.offset < 0:
                     low, high = consumer.get_watermark_offsets(tp, timeout=10)
-                    tp.offset = low if self._from_beginning else high
+                    key = (tp.topic, tp.partition)
+                    if key in last:
+                        tp.offset = max(last[key], low)
+                        self.log.warning("Kafka: no committed offset for %s/%s in group %r (dropped by the broker); "
+                                         "resuming at %s, the offset the pipeline committed last", *key, self.group,
+                                         tp.offset)
+                    else:
+                        tp.offset = low if self._from_beginning else high
                     started.append(TopicPartition(tp.topic, tp.partition, tp.offset))
                 self._next[(tp.topic, tp.partition)] = self._records_end[(tp.topic, tp.partition)] = tp.offset
             if started:
@@ -409,6 +427,21 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             self.log.info("Reading %s", [f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in positions])
         self._assigned = wanted
         return wanted
+
+    def _last_commits(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The offsets the runs committed last (``kafka_settled``, in the database of ``settled_conn_id``), for
+        partitions the broker has no committed offset for; ``{}`` without a ``settled_conn_id``."""
+        if not self.settled_conn_id:
+            return {}
+        from airflow.sdk import BaseHook
+
+        from event_streams.kafka_offsets import last_commits
+
+        engine = BaseHook.get_connection(self.settled_conn_id).get_hook().get_sqlalchemy_engine()
+        try:
+            return last_commits(engine, self.group, partitions)
+        finally:
+            engine.dispose()
 
     def gather(self) -> list[Any]:
         """Carried-over records, or block up to ``poll_timeout`` for the first one; then pack what follows (see
@@ -519,11 +552,13 @@ class StreamingKafkaTrigger(BaseEventTrigger):
 
     def redeliver(self, now: float) -> list[tuple[str, int, int]]:
         """Seek back to the committed offset of every partition where it has stood still behind the position for
-        ``redelivery_seconds``; returns ``(topic, partition, offset sought)``. ``now``: ``time.monotonic()``."""
+        ``redelivery_seconds`` (never when that is 0); returns ``(topic, partition, offset sought)``. Keeps the
+        offsets alive and commits trailing stretches without records (``keep_offsets``, ``commit_gap``) in any case.
+        ``now``: ``time.monotonic()``."""
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
         keys = sorted(self._assigned)
-        if not keys or self.redelivery_seconds <= 0:
+        if not keys:
             return []
         tps = [TopicPartition(t, p) for t, p in keys]
         try:
@@ -553,6 +588,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             except KafkaException as exc:
                 self.log.warning("Kafka: commit of %s/%s at %s failed (%s); retrying later", *key, read, exc)
             seen = self._unsettled.get(key)
+            if self.redelivery_seconds <= 0:  # re-reading is off; the offsets are still kept and gaps committed
+                continue
             if seen is None or seen[0] != done:
                 self._unsettled[key] = (done, now)  # fell behind, or the committed offset moved: the clock starts
                 continue
@@ -579,7 +616,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         failures = 0
-        check_every = max(0.01, min(5.0, self.redelivery_seconds / 4))
+        check_every = max(0.01, min(5.0, self.redelivery_seconds / 4)) if self.redelivery_seconds > 0 else 5.0
         while True:
             try:
                 self._consumer = await sync_to_async(self._open)()
