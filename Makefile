@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-ha test-postgres test-copy test-unit model up down demo bench bench-workers status clean
+.PHONY: venv test test-faults test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -71,6 +71,12 @@ demo: up
 BENCH_ARGS ?=
 bench: venv
 	$(PYTHON) -m devstack.bench $(BENCH_ARGS)
+
+## bench-kafka: the Kafka trigger and commit on a transactional topic (1,000 transactions, every 10th aborted) and a
+## compacted one, on a private broker: committed offset vs end per partition, asset events per record, settled rows
+BENCH_KAFKA_ARGS ?=
+bench-kafka: venv
+	$(PYTHON) -m devstack.bench_kafka_topics $(BENCH_KAFKA_ARGS)
 
 ## bench-workers: inference replies per second with LocalExecutor and with CeleryExecutor on 2 and 1 workers (HA
 ## profile; needs Debian's postgresql and redis-server), with the CPU each stage costs; writes bench/workers.json;

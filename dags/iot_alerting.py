@@ -5,12 +5,15 @@ Sensor readings arrive on the `iot-readings` topic. Each run evaluates *all* rea
 timestamp order per device, against a rule per sensor type with **hysteresis** (raise at one threshold, clear
 only past a second one on the safe side), using per-device state kept in the `iot_device_state` table between
 runs. State changes publish `raised` / `cleared` events to `iot-alerts`, keyed by device, each with a
-`dedup_key`; readings that trip nothing publish nothing. Bad readings go to `iot-readings-dlq` (original bytes,
-headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are committed after all that,
-in the watcher's own consumer group (`airflow.iot_alerting`), never past a reading no run settled; the readings of a run that fails for good are read again, and dead-lettered
-with the error after `MAX_FAILED_RUNS` failed runs (README "Runs that fail for good").
+`dedup_key`; readings that trip nothing publish nothing. Bad readings go to `iot-readings-dlq` (original key,
+bytes and headers, then headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are
+committed after all that, in the watcher's own consumer group (`airflow.iot_alerting`), never past a reading no
+run settled; the readings of a run that fails for good are read again, and dead-lettered with the error after
+`MAX_FAILED_RUNS` failed runs (README "Runs that fail for good").
 
-`max_active_runs=1`: device state is applied in order, one run at a time.
+`max_active_runs=1`: device state is applied in order, one run at a time; when a run fails for good, the later
+readings of its partitions wait for its re-read (README "Kafka topics as production writes them"). Alerts leave
+through an outbox, only once the state change that caused them is stored.
 
 Example reading (schema: `include/iot_alerting/schemas.py:SensorReading`; rules: `iot_alerting/rules.py`):
 

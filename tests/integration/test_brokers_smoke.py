@@ -401,3 +401,189 @@ def test_a_live_member_in_the_watchers_group_is_an_error_naming_the_group(stack,
         other.close()
         trigger._consumer.close()
     assert trigger.group_in_use() == []  # it left: the watcher reads again
+
+
+def _settle_all(trigger, engine, want: int, timeout: float = 90) -> list[list]:
+    """Gather until ``want`` records came, one settling run per event; then let the trigger read on and check."""
+    from event_streams.kafka_offsets import commit_settled
+    from include.event_pipelines.messages import Envelope
+
+    events: list[list] = []
+    deadline = time.monotonic() + timeout
+    while sum(map(len, events)) < want and time.monotonic() < deadline:
+        batch = trigger.gather()
+        if batch:
+            events.append(batch)
+            commit_settled(engine, trigger._consumer, trigger.group, [Envelope.model_validate(r) for r in batch])
+    assert trigger.gather() == [] and trigger.gather() == []
+    trigger.redeliver(time.monotonic())  # the trigger's own check: a trailing stretch without records
+    return events
+
+
+def test_a_compacted_topic_is_settled_through_its_holes_to_the_end(stack, tmp_path, monkeypatch):
+    """``cleanup.policy=compact`` (every device-state topic): the log cleaner removes superseded records and leaves
+    holes in the offsets. Every record still there is delivered once, and the committed offset reaches the end."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from sqlalchemy import create_engine
+
+    bootstrap, topic = stack["bootstrap"], f"compact-{uuid.uuid4().hex[:8]}"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    [created] = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, config={
+        "cleanup.policy": "compact", "segment.ms": "100", "min.cleanable.dirty.ratio": "0.001",
+        "min.compaction.lag.ms": "0", "delete.retention.ms": "0"})]).values()
+    created.result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for rnd in range(4):  # 10 devices, 4 states each; a new segment every round
+        for d in range(10):
+            producer.produce(topic, key=f"dev-{d}", value=f"state-{rnd}".encode())
+        assert producer.flush(30) == 0
+        time.sleep(0.3)
+
+    def visible() -> list[int]:
+        probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}",
+                          "enable.auto.commit": False, "enable.partition.eof": True})
+        probe.assign([TopicPartition(topic, 0, 0)])
+        offsets: list[int] = []
+        try:
+            while (m := probe.poll(5)) is not None and m.error() is None:
+                offsets.append(m.offset())
+        finally:
+            probe.close()
+        return offsets
+
+    deadline, written = time.monotonic() + 120, 40
+    while len(offsets := visible()) >= written and time.monotonic() < deadline:
+        producer.produce(topic, key="roll", value=b"x")  # rolls the active segment so that the cleaner can take it
+        producer.flush(30)
+        written += 1
+        time.sleep(2)
+    assert len(offsets) < written, "the log cleaner never compacted the topic"
+    holes = [o for o in range(max(offsets)) if o not in set(offsets)]
+    assert holes, offsets
+    trigger = _watcher(monkeypatch, bootstrap, topic, f"airflow.compact-{topic}", redelivery_seconds=3600,
+                       max_messages_per_event=7)
+    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        events = _settle_all(trigger, engine, len(offsets))
+        assert sorted(r["offset"] for ev in events for r in ev) == offsets  # each remaining record once
+        _, end = trigger._consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        assert _committed(bootstrap, trigger.group, topic) == end
+    finally:
+        trigger._consumer.close()
+
+
+def test_records_with_large_keys_make_events_under_the_byte_bound(stack, tmp_path, monkeypatch):
+    from confluent_kafka import Producer, TopicPartition
+    from sqlalchemy import create_engine
+
+    from event_streams.triggers import kafka_body_bytes
+
+    bootstrap, topic = stack["bootstrap"], f"bigkeys-{uuid.uuid4().hex[:8]}"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    brokers.create_topics(bootstrap, {topic: 1})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    for i in range(12):
+        producer.produce(topic, key=f"{i:02d}".encode() * 100_000, value=b'{"v": 1}')  # 200 KB keys, 8-byte bodies
+    assert producer.flush(30) == 0
+    trigger = _watcher(monkeypatch, bootstrap, topic, f"airflow.bigkeys-{topic}", redelivery_seconds=3600)
+    engine = create_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        events = _settle_all(trigger, engine, 12)
+        sizes = [sum(map(kafka_body_bytes, ev)) for ev in events]
+        assert sum(map(len, events)) == 12 and max(sizes) <= trigger.max_event_bytes, sizes  # 5 fit in 1 MiB
+        assert max(map(len, events)) <= 5 and len(events) >= 3
+        assert _committed(bootstrap, trigger.group, topic) == 12
+        assert trigger._consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1] == 12
+    finally:
+        trigger._consumer.close()
+
+
+def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_path, monkeypatch):
+    """The run's settle step on the real broker: a dead letter goes to the DLQ topic with the original key bytes and
+    headers (then ``reason`` and ``source_message_id``), and the offsets commit in the event's own group."""
+    import json
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from include.event_pipelines import airflow_io
+    from include.event_pipelines.messages import envelopes_from_asset_events
+
+    bootstrap, topic = stack["bootstrap"], f"headers-{uuid.uuid4().hex[:8]}"
+    dlq = f"{topic}-dlq"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    brokers.create_topics(bootstrap, {topic: 1, dlq: 1})
+    headers = [("traceparent", b"00-4bf92f-01"), ("bin", b"\xff\x00\x01"), ("empty", None), ("traceparent", b"2")]
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer.produce(topic, key=b"\xffdev\x00", value=b"not json", headers=headers)
+    producer.produce(topic, key=b"dev-2", value=b'{"ok": true}')
+    assert producer.flush(30) == 0
+    trigger = _watcher(monkeypatch, bootstrap, topic, f"airflow.headers-{topic}", redelivery_seconds=3600)
+    monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(
+        {"conn_type": "kafka", "extra": {"bootstrap.servers": bootstrap, "group.id": "shared"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", f"sqlite:///{tmp_path / 'events.db'}")
+    airflow_io.engine.cache_clear()
+    try:
+        records = []
+        deadline = time.monotonic() + 60
+        while len(records) < 2 and time.monotonic() < deadline:
+            records += trigger.gather()
+        envelopes = envelopes_from_asset_events([{"payload": {"source": "kafka_batch", "group_id": trigger.group,
+                                                              "records": records}}])
+        bad = envelopes[0]
+        airflow_io.settle_kafka(dlq, envelopes, [{"message_id": bad.message_id, "reason": "body is not JSON"}])
+        assert _committed(bootstrap, trigger.group, topic) == 2 and _committed(bootstrap, "shared", topic) < 0
+        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+                           "enable.auto.commit": False})
+        reader.assign([TopicPartition(dlq, 0, 0)])
+        try:
+            copy = reader.poll(30)
+        finally:
+            reader.close()
+        assert copy is not None and copy.error() is None
+        assert (copy.key(), copy.value()) == (b"\xffdev\x00", b"not json")
+        assert copy.headers() == [*headers, ("reason", b"body is not JSON"),
+                                  ("source_message_id", bad.message_id.encode())]
+    finally:
+        airflow_io.engine.cache_clear()
+        trigger._consumer.close()
+
+
+def test_a_restart_after_the_broker_dropped_the_offsets_resumes_where_the_runs_committed(stack, tmp_path,
+                                                                                      monkeypatch):
+    """The triggerer was down longer than offsets.retention.minutes: the broker has no committed offset for the
+    group any more. The new trigger resumes at the offset the runs committed last (the events database), not at
+    auto.offset.reset=earliest: nothing is read again."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+    from sqlalchemy import create_engine
+
+    bootstrap, topic = stack["bootstrap"], f"expired-{uuid.uuid4().hex[:8]}"
+    group = f"airflow.expired-{topic}"
+    brokers.warm_group_coordinator(bootstrap, 60)
+    _plain_topic(bootstrap, topic, 10)
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", url)
+    engine = create_engine(url)
+    before = _watcher(monkeypatch, bootstrap, topic, group, settled_conn_id="events_db", redelivery_seconds=3600)
+    try:
+        _settle_all(before, engine, 10)
+    finally:
+        before._consumer.close()  # the triggerer stops
+    assert _committed(bootstrap, group, topic) == 10
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # retention, as the broker applies it to an idle group
+    [deleted] = admin.delete_consumer_groups([group], request_timeout=20).values()
+    deleted.result(30)
+    assert _committed(bootstrap, group, topic) < 0
+    after = _watcher(monkeypatch, bootstrap, topic, group, settled_conn_id="events_db", redelivery_seconds=3600)
+    try:
+        assert _committed(bootstrap, group, topic) == 10  # resumed, and committed at once
+        assert after.gather() == [] and after.gather() == []
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        producer.produce(topic, key=b"dev-1", value=b"r10")
+        assert producer.flush(30) == 0
+        assert [r["offset"] for r in _settle_all(after, engine, 1)[0]] == [10]
+        assert _committed(bootstrap, group, topic) == 11
+    finally:
+        after._consumer.close()

@@ -9,7 +9,9 @@ receives (transaction markers, aborted records, compacted holes) are settled wit
 trigger commits a trailing stretch of them itself (``StreamingKafkaTrigger``). A record no run settled stops it;
 the watcher trigger re-reads from there once the committed offset has stood still behind its position for
 ``redelivery_seconds``. Each partition also keeps the offset committed last (``LAST_COMMIT`` row), the base when
-the broker has dropped the group's offsets.
+the broker has dropped the group's offsets (``last_commits``, read by the trigger on start). Per-partition order:
+``in_order`` holds back a run's records that lie after an offset nobody settled (``settled_through``), so a later
+record never overtakes one a run failed on.
 
 Imported at run time only (trigger and task), never while a DAG file is parsed.
 """
