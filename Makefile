@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
+.PHONY: venv test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,11 +24,17 @@ venv: $(VENV)/.installed
 test: venv
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/faults --ignore=tests/copy --ignore=tests/ha
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/faults --ignore=tests/copy --ignore=tests/ha --ignore=tests/kafka
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
 	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/faults
+
+## test-kafka: Kafka as production writes it: the trigger-level cases on a real broker (transactions, compaction, a busy
+## group, expired offsets, large keys, headers), then through Airflow a second DAG on the topic and a run that fails
+## for good between readings of one device (tests/kafka)
+test-kafka: venv
+	AIRFLOW_HOME=$(STATE)/test-home/kafka $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/integration/test_brokers_smoke.py tests/kafka
 
 ## test-ha: the HA suite on the scale-out profile (PostgreSQL, CeleryExecutor on Redis, 2 schedulers, 2 triggerers,
 ## 2 workers; needs Debian's postgresql and redis-server): kill -9 of components while messages stream in

@@ -82,12 +82,14 @@ class Stack:
         )["Attributes"]
         return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
-    def kafka_offsets(self, topic: str) -> dict[int, tuple[int, int]]:
-        """partition -> (the IoT watcher's consumer group's committed offset, or -1; the end of the partition)."""
+    def kafka_offsets(self, topic: str, group: str | None = None) -> dict[int, tuple[int, int]]:
+        """partition -> (the consumer group's committed offset, or -1; the end of the partition). The group is the
+        IoT watcher's unless given."""
         from confluent_kafka import Consumer, TopicPartition
 
-        from include.iot_alerting.settings import IOT_KAFKA_GROUP_ID as group
+        from include.iot_alerting.settings import IOT_KAFKA_GROUP_ID
 
+        group = group or IOT_KAFKA_GROUP_ID
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group,
                              "enable.auto.commit": False})
         try:

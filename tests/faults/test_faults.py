@@ -398,31 +398,3 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
                 f"error, 10 + 10 good after them processed; failing phase {took3:.0f}s, dead-lettered "
                 f"{time.time() - started:.0f}s after the fault cleared; committed offsets at the end of the topic")
 
-
-def test_a_devices_readings_stay_in_order_when_a_run_between_them_fails_for_good(stack: Stack, report_line) -> None:
-    """One device, eight readings: the run of the first four fails for good (once; the limit is 2), the last four
-    arrive while it waits to be read again. The later run must not apply them first (they would make the earlier
-    ones "not newer" and change the alerts): they are held behind the unsettled readings and applied after them.
-    The alerts on the topic are then those of the in-order evaluation, and the state is that of the last reading."""
-    for seed in range(100):  # both halves change the device's state: the order is visible in the alerts
-        messages = list(publish.iot_messages("order", 8, 1, seed=seed))
-        if all(any(m.expect.get("transition") for m in half) for half in (messages[:4], messages[4:])):
-            break
-    producer = publish.make_producer(stack.bootstrap)
-    first = publish.send_kafka("iot", producer, "iot-readings", messages[:4])
-    took = _with_every_attempt_failing(stack, ["iot.before_commit"], {"iot_alerting": first}, 1)
-    second = publish.send_kafka("iot", producer, "iot-readings", messages[4:])
-    started = time.time()
-    report = stack.collect(first + second, timeout=300, until_finished=False)
-    assert report.ok, report.missing  # every reading stored once, the alerts at the readings the in-order rules say
-    assert report.outputs["alerts_out_of_order"] == 0 and report.outputs["alert_duplicates"] == 0
-    with create_engine(stack.events_url).connect() as conn:
-        state = conn.execute(select(iot_tables.iot_device_state).where(
-            iot_tables.iot_device_state.c.device_id == "dev-order-0")).mappings().one()
-        outbox = conn.execute(select(func.count()).select_from(iot_tables.iot_alert_outbox)).scalar_one()
-    kinds = [m.expect["transition"] for m in messages if m.expect.get("transition")]
-    last = json.loads(messages[-1].body)
-    assert (state["alerting"], state["last_value"]) == (kinds[-1] == "raised", last["value"]) and outbox == 0
-    assert wait_for(lambda: _settled_to_the_end(stack, "iot-readings"), timeout=120), stack.kafka_offsets("iot-readings")
-    report_line(f"faults {'run failed for good between readings':<34} 8 readings of one device, alerts {kinds} in "
-                f"order; failing phase {took:.0f}s, all applied {time.time() - started:.0f}s after the fault cleared")

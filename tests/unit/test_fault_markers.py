@@ -1,4 +1,4 @@
-"""The fault suite's markers (``include/event_pipelines/faults.py``): once, ``always``, ``hang:<s>``, and off."""
+"""The fault suite's markers (``include/event_pipelines/faults.py``): once, ``always``, ``times:<n>``, ``hang:<s>``, off."""
 
 from __future__ import annotations
 
@@ -26,3 +26,13 @@ def test_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     start = time.monotonic()
     faults.maybe_fail("h")  # waits, does not raise, and only once
     assert time.monotonic() - start >= 0.3 and not (tmp_path / "h").exists()
+
+
+def test_a_times_marker_fails_that_many_attempts_then_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTS_FAULTS_DIR", str(tmp_path))
+    (tmp_path / "t").write_text("times:3")
+    for _ in range(3):
+        with pytest.raises(faults.InjectedFault):
+            faults.maybe_fail("t")
+    assert not (tmp_path / "t").exists()
+    faults.maybe_fail("t")  # the fourth attempt goes through
