@@ -245,17 +245,21 @@ def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
     partition is neither settled (``kafka_settled`` and the committed offset) nor in this run
     (``event_streams.kafka_offsets.in_order``). Held records are not settled, so the committed offset stays and the
     watcher reads them again, after the failed run's records, once it has stood still for
-    ``KAFKA_REDELIVERY_SECONDS``. Other partitions go on.
+    ``KAFKA_REDELIVERY_SECONDS``. Other partitions go on. What the runs committed (the events database) usually
+    settles the question; the broker is asked only when it does not.
     """
-    from event_streams.kafka_offsets import in_order, settled_through
+    from event_streams.kafka_offsets import in_order, settled_in_database, settled_through
 
     held: list[Envelope] = []
     for group, members in _by_group(envelopes).items():
+        partitions = {(e.topic, e.partition) for e in members if e.partition is not None}
+        known = settled_in_database(engine(), group, partitions) if group else {}
+        if known.keys() >= partitions and not in_order(members, known)[1]:
+            continue  # all of them follow what the runs committed: nothing to hold, no broker call
         hook = _group_consumer(group, members)
         consumer = hook.get_conn
         try:
-            through = settled_through(engine(), consumer, hook.effective_config["group.id"],
-                                      {(e.topic, e.partition) for e in members if e.partition is not None},
+            through = settled_through(engine(), consumer, hook.effective_config["group.id"], partitions,
                                       from_beginning=hook.from_beginning)
         finally:
             consumer.close()

@@ -22,6 +22,7 @@ from event_streams.kafka_offsets import (
     in_order,
     kafka_settled,
     safe_consumer_config,
+    settled_in_database,
     settled_intervals,
     settled_through,
     watermark,
@@ -167,6 +168,17 @@ def test_settled_through_counts_stored_ranges_from_the_committed_offset(engine: 
     assert settled_through(engine, group, "g", [(T, 0), (T, 1)]) == {(T, 0): 0, (T, 1): 3}
     commit_settled(engine, group, "g", kafka(range(0, 5)))
     assert settled_through(engine, group, "g", [(T, 0)]) == {(T, 0): 10}
+
+
+def test_the_database_alone_knows_what_the_runs_committed_and_settled(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 0, (T, 1): 0})
+    assert settled_in_database(engine, "g", [(T, 0)]) == {}  # nothing committed by a run yet: ask the broker
+    commit_settled(engine, group, "g", kafka(range(0, 4)))
+    commit_settled(engine, group, "g", kafka(range(6, 9)))  # stored above a gap
+    commit_settled(engine, group, "g", kafka([4]))
+    assert settled_in_database(engine, "g", [(T, 0), (T, 1)]) == {(T, 0): 5}
+    commit_settled(engine, group, "g", kafka([5]))
+    assert settled_in_database(engine, "g", [(T, 0)]) == {(T, 0): 9} and settled_in_database(engine, "h", [(T, 0)]) == {}
 
 
 # --- consumer settings ---------------------------------------------------------------------------------------------

@@ -262,6 +262,30 @@ def _committed(consumer: Any, keys: Sequence[Partition]) -> dict[Partition, int]
     return committed
 
 
+def _stored_split(engine: Engine, group_id: str, keys: Sequence[Partition], *, create: bool = True
+                  ) -> dict[Partition, tuple[int, list[Interval]]]:
+    """Per partition: the offset committed last (-1 if none) and the settled ranges stored above it."""
+    if create and engine not in _schema_ready:
+        ensure_schema(engine)
+        _schema_ready.add(engine)
+    with engine.connect() as conn:
+        stored = _stored(conn, group_id, keys)
+    return {key: (max((e for s, e in spans if s == LAST_COMMIT), default=-1),
+                  [(s, e) for s, e in spans if s != LAST_COMMIT]) for key, spans in stored.items()}
+
+
+def settled_in_database(engine: Engine, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
+    """Per partition, the offset before which every record is settled as far as ``kafka_settled`` alone knows: the
+    offset the runs committed last, advanced through the stored ranges. No broker call; a lower bound of
+    ``settled_through`` (the trigger also commits stretches without records, and the start of a new group).
+    Partitions the runs never committed are left out."""
+    keys = sorted(set(partitions))
+    if not keys:
+        return {}
+    return {key: watermark(last, ranges) for key, (last, ranges) in _stored_split(engine, group_id, keys).items()
+            if last >= 0}
+
+
 def settled_through(engine: Engine, consumer: Any, group_id: str, partitions: Iterable[Partition], *,
                     from_beginning: bool = True) -> dict[Partition, int]:
     """Per partition, the offset before which every record is settled for ``group_id``: the committed offset (see
@@ -270,16 +294,11 @@ def settled_through(engine: Engine, consumer: Any, group_id: str, partitions: It
     keys = sorted(set(partitions))
     if not keys:
         return {}
-    if engine not in _schema_ready:
-        ensure_schema(engine)
-        _schema_ready.add(engine)
-    with engine.connect() as conn:
-        stored = _stored(conn, group_id, keys)
+    stored = _stored_split(engine, group_id, keys)
     committed = _committed(consumer, keys)
     through: dict[Partition, int] = {}
     for key in keys:
-        last = max((e for s, e in stored[key] if s == LAST_COMMIT), default=-1)
-        ranges = [(s, e) for s, e in stored[key] if s != LAST_COMMIT]
+        last, ranges = stored[key]
         low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
         base = commit_base(committed.get(key, -1), last, ranges, low, from_beginning)
         if base is not None:
@@ -295,10 +314,7 @@ def last_commits(engine: Engine, group_id: str, partitions: Iterable[Partition])
     keys = sorted(set(partitions))
     if not keys or not inspect(engine).has_table(kafka_settled.name):
         return {}
-    with engine.connect() as conn:
-        stored = _stored(conn, group_id, keys)
-    last = {k: [e for s, e in spans if s == LAST_COMMIT] for k, spans in stored.items()}
-    return {k: max(ends) for k, ends in last.items() if ends}
+    return {key: last for key, (last, _) in _stored_split(engine, group_id, keys, create=False).items() if last >= 0}
 
 
 def commit_settled(
