@@ -276,6 +276,8 @@ def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_parti
         trigger.redeliver(time.monotonic())  # the trigger's own check: the last marker is committed too
         committed = _committed(bootstrap, group, topic)
         assert committed == end, f"committed {committed}, end of partition {end}"
+        later = time.monotonic() + 3601  # a redelivery period on: nothing settled is read again
+        assert trigger.redeliver(later) == [] and trigger.redeliver(later + 3601) == [] and trigger.gather() == []
         with engine.connect() as conn:  # settled ranges pruned as the watermark passed them; the last commit kept
             rows = conn.execute(select(kafka_settled.c.start_offset, kafka_settled.c.end_offset)).all()
         assert rows == [(LAST_COMMIT, 233)]  # what the runs committed; the trigger committed the last stretch
@@ -417,6 +419,9 @@ def _settle_all(trigger, engine, want: int, timeout: float = 90) -> list[list]:
             commit_settled(engine, trigger._consumer, trigger.group, [Envelope.model_validate(r) for r in batch])
     assert trigger.gather() == [] and trigger.gather() == []
     trigger.redeliver(time.monotonic())  # the trigger's own check: a trailing stretch without records
+    later = time.monotonic() + trigger.redelivery_seconds + 1  # a redelivery period on: nothing settled is re-read
+    assert trigger.redeliver(later) == [] and trigger.redeliver(later + trigger.redelivery_seconds + 1) == []
+    assert trigger.gather() == []
     return events
 
 
