@@ -167,28 +167,53 @@ def extend_sqs_visibility(queue_url: str, envelopes: Sequence[Envelope], seconds
 def settle_sqs(
     queue_url: str, dlq_url: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]
 ) -> None:
-    """After the run's effects are committed: dead letters to the DLQ (body, reason, source id), then delete all."""
+    """After the run's effects are committed: dead letters to the DLQ (body, reason, source id), then delete all.
+
+    No message's content can fail this: reasons are made acceptable to SQS (``sqs.safe_text``, 1,000 characters),
+    batches are bounded by bytes, and a copy SQS cannot take (too large with its attributes, no body, or refused all
+    the same) goes as a stand-in naming the message, its body kept in the ``dead_letters`` table (``body_kept_in``).
+    """
     from event_streams import sqs
 
     if dead_letters:
         by_id = {e.message_id: e for e in envelopes}
-        send_sqs_messages(
-            dlq_url,
-            [
-                (d["message_id"], by_id[d["message_id"]].body or " ",
-                 {"reason": str(d["reason"])[:1000], "source_message_id": d["message_id"], "source_queue": queue_url})
-                for d in dead_letters
-                if d["message_id"] in by_id
-            ],
-        )
+        copies = {d["message_id"]: _dlq_copy(queue_url, by_id[d["message_id"]], str(d["reason"]))
+                  for d in dead_letters if d["message_id"] in by_id}
+        refused = dict(sqs.send_messages(dlq_url, list(copies.values()), aws_conn_id=config.AWS_CONN_ID))
+        if refused:
+            stand_ins = [_stand_in(by_id[m], copies[m][2]) for m in refused]
+            still = sqs.send_messages(dlq_url, stand_ins, aws_conn_id=config.AWS_CONN_ID)
+            log.error("SQS refused the dead-letter copies of %s (%s); sent stand-ins naming them instead (their "
+                      "bodies are in dead_letters)%s", sorted(refused), sorted(set(refused.values()))[:3],
+                      f"; refused again: {still}" if still else "")
     sqs.delete_messages(queue_url, _handles(envelopes), aws_conn_id=config.AWS_CONN_ID)
 
 
-def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
-    """Send ``(id, body, string attributes)`` triples in batches of 10; raise if SQS refused any."""
+def _dlq_copy(queue_url: str, envelope: Envelope, reason: str) -> tuple[str, str, dict[str, str]]:
     from event_streams import sqs
 
-    sqs.send_messages(queue_url, messages, aws_conn_id=config.AWS_CONN_ID)
+    attributes = {"reason": sqs.safe_text(reason, 1000), "source_message_id": sqs.safe_text(envelope.message_id, 256),
+                  "source_queue": queue_url}
+    body = envelope.body or ""
+    if not body or sqs.message_bytes(body, attributes) > sqs.MAX_BATCH_BYTES:
+        return _stand_in(envelope, attributes)
+    return envelope.message_id, body, attributes
+
+
+def _stand_in(envelope: Envelope, attributes: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
+    """A dead letter's copy without its body: the message id and where the body is kept."""
+    size = envelope.body_omitted_bytes or len((envelope.body or "").encode("utf-8"))
+    body = json.dumps({"dead_letter": envelope.message_id, "body_bytes": size, "body_kept_in": "dead_letters"})
+    return envelope.message_id, body, {**attributes, "body_kept_in": "dead_letters"}
+
+
+def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
+    """Send ``(id, body, string attributes)`` triples in batches of 10 and 256 KiB; raise if SQS refused any."""
+    from event_streams import sqs
+
+    refused = sqs.send_messages(queue_url, messages, aws_conn_id=config.AWS_CONN_ID)
+    if refused:
+        raise RuntimeError(f"SQS refused {len(refused)} message(s) to {queue_url}: {refused[:3]}")
 
 
 # --- Kafka ---------------------------------------------------------------------------------------------------------

@@ -592,3 +592,63 @@ def test_a_restart_after_the_broker_dropped_the_offsets_resumes_where_the_runs_c
         assert _committed(bootstrap, group, topic) == 11
     finally:
         after._consumer.close()
+
+
+def test_sqs_dead_letters_cannot_fail_on_their_content(stack, monkeypatch):
+    """The run's settle step on the real ElasticMQ: a reason carrying a control character and a NUL, and five poison
+    bodies of 200 KB (together far over a batch's 256 KiB) are all dead-lettered with their original bodies and a
+    reason SQS accepts, a body too large for a copy as a stand-in naming it; nothing raises, and the source
+    messages are deleted. Before: the control character failed
+    the send (InvalidMessageContents) and the run, and the large bodies exceeded the batch limit."""
+    import json
+
+    import boto3
+
+    from event_streams import sqs as event_sqs
+    from include.event_pipelines import airflow_io
+    from include.event_pipelines.messages import Envelope
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "x", "password": "x",
+        "extra": {"endpoint_url": stack["sqs"], "region_name": "us-east-1"}}))
+    client = boto3.client("sqs", endpoint_url=stack["sqs"], region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    queue = client.get_queue_url(QueueName="inference-requests")["QueueUrl"]
+    dlq = client.get_queue_url(QueueName="inference-requests-dlq")["QueueUrl"]
+    bodies = ['{"request_id": "r-1", "\\u0007": 1}'] + [json.dumps({"pad": f"{i}" * 200_000}) for i in range(5)]
+    bodies.append("y" * 262_100)  # the queue took it; with its reason and ids the copy is over SQS's limit
+    for body in bodies:
+        client.send_message(QueueUrl=queue, MessageBody=body)
+    received: list[dict] = []
+    while len(received) < len(bodies):
+        received += client.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=2,
+                                           VisibilityTimeout=60).get("Messages", [])
+    envelopes = [Envelope.from_sqs(m) for m in received]
+    reasons = {e.message_id: ("does not match InferenceRequest: \x07: Extra inputs are not permitted \x00"
+                              if e.body == bodies[0] else "body is not a request") for e in envelopes}
+    event_sqs._clients.clear()
+    try:
+        airflow_io.settle_sqs(queue, dlq, envelopes, [{"message_id": m, "reason": r} for m, r in reasons.items()])
+    finally:
+        event_sqs._clients.clear()
+    copies: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(copies) < len(bodies) and time.monotonic() < deadline:
+        copies += client.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                         MessageAttributeNames=["All"]).get("Messages", [])
+    for m in copies:
+        client.delete_message(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"])
+    by_source = {m["MessageAttributes"]["source_message_id"]["StringValue"]: m for m in copies}
+    assert set(by_source) == set(reasons) and len(copies) == len(bodies)  # each dead letter once
+    for e in envelopes:
+        copy = by_source[e.message_id]
+        if e.body == bodies[-1]:  # a stand-in naming it; its body is kept in the dead_letters table
+            assert json.loads(copy["Body"]) == {"dead_letter": e.message_id, "body_bytes": 262_100,
+                                                "body_kept_in": "dead_letters"}
+            assert copy["MessageAttributes"]["body_kept_in"]["StringValue"] == "dead_letters"
+        else:
+            assert copy["Body"] == e.body  # the original content
+    odd = next(by_source[e.message_id] for e in envelopes if e.body == bodies[0])
+    assert odd["MessageAttributes"]["reason"]["StringValue"] == \
+        "does not match InferenceRequest: \\x07: Extra inputs are not permitted \\x00"
+    assert client.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", []) == []  # deleted

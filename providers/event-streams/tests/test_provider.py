@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import event_streams
 from event_streams import payload, sqs
@@ -207,6 +209,30 @@ def test_sqs_helpers_go_in_batches_of_ten_and_skip_stale_handles(monkeypatch: py
     assert fake.calls[-1] == ("send", [{"Id": "0", "MessageBody": "body",
                                         "MessageAttributes": {"reason": {"DataType": "String", "StringValue": "r"}}}])
     assert sqs.delete_messages("q", []) == 0 and sqs.change_visibility("q", [], 1) == 0
+
+
+def test_safe_text_escapes_what_sqs_refuses_and_keeps_the_rest() -> None:
+    assert sqs.safe_text("extra key '\x07\x00' not allowed; naïve ✓ \U0001f600", 1000) == \
+        "extra key '\\x07\\x00' not allowed; naïve ✓ \U0001f600"
+    assert sqs.safe_text("a\udc80b\ufffe", 100) == "a\\udc80b\\ufffe"  # a lone surrogate, a non-character
+    assert sqs.safe_text("x" * 2000, 1000) == "x" * 999 + "…"
+    assert sqs.safe_text("\t\n\r kept", 20) == "\t\n\r kept"
+
+
+@given(st.text(max_size=300))
+def test_safe_text_is_always_acceptable_to_sqs(value: str) -> None:
+    out = sqs.safe_text(value, 200)
+    assert len(out) <= 200 and sqs._REFUSED.search(out) is None
+    out.encode("utf-8")  # no lone surrogate is left
+
+
+def test_sends_go_in_batches_bounded_by_count_and_bytes() -> None:
+    big = [(f"m{i}", "x" * 100_000, {"reason": "r"}) for i in range(5)]
+    small = [(f"s{i}", "{}", {}) for i in range(12)]
+    assert [[m[0] for m in b] for b in sqs.send_batches(big)] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+    assert [len(b) for b in sqs.send_batches(small)] == [10, 2]
+    alone = [("huge", "x" * 300_000, {}), ("next", "{}", {})]
+    assert [[m[0] for m in b] for b in sqs.send_batches(alone)] == [["huge"], ["next"]]
 
 
 # --- independence from the project -----------------------------------------------------------------------------------

@@ -1,19 +1,39 @@
 """Acknowledging SQS messages from a run: delete by receipt handle, change visibility, send with attributes.
 
-Every call goes in batches of 10 (SQS's limit) through ``SqsHook``. ``handles`` are ``(message_id, receipt_handle)``
-pairs: the id is only for the log.
+Every call goes in batches of 10 (SQS's limit) through ``SqsHook``; sends also in batches of at most 256 KiB.
+``handles`` are ``(message_id, receipt_handle)`` pairs: the id is only for the log. ``safe_text`` makes any text
+(a dead letter's reason, say) acceptable as an SQS message body or attribute value.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 BATCH = 10
+MAX_BATCH_BYTES = 256 * 1024  # SQS: a message, and a whole SendMessageBatch request, at most this many bytes
+# The characters SQS accepts in a body or a string attribute (XML 1.0's): anything else is refused with
+# InvalidMessageContents / InvalidParameterValue.
+_REFUSED = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def safe_text(value: str, limit: int) -> str:
+    """``value`` with each character SQS refuses written as an escape (``\\x07``, ``\\udc80``), cut to ``limit``
+    characters (the last one then ``…``)."""
+    escaped = _REFUSED.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                           else f"\\u{ord(m.group()):04x}", value)
+    return escaped if len(escaped) <= limit else escaped[: max(0, limit - 1)] + "…"
+
+
+def message_bytes(body: str, attributes: Mapping[str, str]) -> int:
+    """What SQS counts of a message: the body and each attribute's name, type and value, in UTF-8 bytes."""
+    return len(body.encode("utf-8", "surrogatepass")) + sum(
+        len(k.encode()) + len("String") + len(v.encode("utf-8", "surrogatepass")) for k, v in attributes.items())
 
 
 _clients: dict[tuple[int, str | None, str | None], Any] = {}
@@ -68,13 +88,32 @@ def change_visibility(queue_url: str, handles: Sequence[tuple[str, str]], second
     return changed
 
 
-def send_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]], *,
-                  aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
-    """Send ``(id, body, string attributes)`` triples; raise if SQS refused any."""
+Message = tuple[str, str, Mapping[str, str]]  # (id, body, string attributes)
+
+
+def send_batches(messages: Sequence[Message]) -> list[Sequence[Message]]:
+    """Batches of at most 10 messages and ``MAX_BATCH_BYTES``, in order (a message over it goes alone)."""
+    batches: list[list[Message]] = []
+    size = 0
+    for m in messages:
+        n = message_bytes(m[1], m[2])
+        if not batches or len(batches[-1]) >= BATCH or size + n > MAX_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(m)
+        size += n
+    return batches
+
+
+def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: str | None = "aws_default",
+                  region_name: str | None = None) -> list[tuple[str, str]]:
+    """Send ``(id, body, string attributes)`` triples; returns ``(id, SQS's reason)`` of each one SQS refused for
+    its content (a sender fault: the others are sent all the same). A refusal on SQS's side raises."""
     if not messages:
-        return
+        return []
     sqs = client(aws_conn_id, region_name)
-    for batch in _batches(messages):
+    refused: list[tuple[str, str]] = []
+    for batch in send_batches(messages):
         entries = [
             {
                 "Id": str(i),
@@ -84,5 +123,8 @@ def send_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str
             for i, (_, body, attrs) in enumerate(batch)
         ]
         response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        if response.get("Failed"):
-            raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s) to {queue_url}: {response['Failed']}")
+        failed = response.get("Failed", [])
+        if any(not f.get("SenderFault", True) for f in failed):
+            raise RuntimeError(f"SQS failed to take {len(failed)} message(s) to {queue_url}: {failed}")
+        refused += [(batch[int(f["Id"])][0], f"{f.get('Code')}: {f.get('Message')}") for f in failed]
+    return refused
