@@ -652,3 +652,49 @@ def test_sqs_dead_letters_cannot_fail_on_their_content(stack, monkeypatch):
     assert odd["MessageAttributes"]["reason"]["StringValue"] == \
         "does not match InferenceRequest: \\x07: Extra inputs are not permitted \\x00"
     assert client.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", []) == []  # deleted
+
+
+def test_dead_letters_and_replies_reach_fifo_queues(stack, monkeypatch):
+    """A FIFO dead-letter queue and a FIFO reply queue (``.fifo``): every send carries a group id and a
+    deduplication id, so it is taken (before: every send was refused for want of MessageGroupId)."""
+    import json
+
+    import boto3
+
+    from event_streams import sqs as event_sqs
+    from include.event_pipelines import airflow_io
+    from include.event_pipelines.messages import Envelope
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "x", "password": "x",
+        "extra": {"endpoint_url": stack["sqs"], "region_name": "us-east-1"}}))
+    client = boto3.client("sqs", endpoint_url=stack["sqs"], region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    suffix = uuid.uuid4().hex[:6]
+    source = client.create_queue(QueueName=f"requests-{suffix}")["QueueUrl"]
+    dlq = client.create_queue(QueueName=f"requests-{suffix}-dlq.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    replies = client.create_queue(QueueName=f"replies-{suffix}.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
+    client.send_message(QueueUrl=source, MessageBody="not json")
+    [message] = client.receive_message(QueueUrl=source, WaitTimeSeconds=2).get("Messages", [])
+    envelope = Envelope.from_sqs(message)
+    event_sqs._clients.clear()
+    try:
+        airflow_io.settle_sqs(source, dlq, [envelope], [{"message_id": envelope.message_id, "reason": "not JSON"}])
+        airflow_io.send_sqs_messages(replies, [(f"reply-{i}", json.dumps({"i": i}), {"correlation_id": f"c{i}"})
+                                              for i in range(12)])
+        airflow_io.send_sqs_messages(replies, [("reply-0", json.dumps({"i": 0}), {"correlation_id": "c0"})])  # again
+    finally:
+        event_sqs._clients.clear()
+
+    def drain(url: str) -> list[dict]:
+        got: list[dict] = []
+        while batch := client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                              MessageAttributeNames=["All"]).get("Messages", []):
+            got += batch
+            for m in batch:
+                client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return got
+
+    [dead] = drain(dlq)
+    assert dead["Body"] == "not json" and dead["MessageAttributes"]["reason"]["StringValue"] == "not JSON"
+    assert sorted(json.loads(m["Body"])["i"] for m in drain(replies)) == list(range(12))  # the re-send deduplicated

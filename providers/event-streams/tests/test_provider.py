@@ -235,6 +235,13 @@ def test_sends_go_in_batches_bounded_by_count_and_bytes() -> None:
     assert [[m[0] for m in b] for b in sqs.send_batches(alone)] == [["huge"], ["next"]]
 
 
+def test_fifo_queues_get_a_group_and_a_deduplication_id_per_message() -> None:
+    assert sqs.fifo_fields("http://q/000000000000/replies", "m-1") == {}
+    fields = sqs.fifo_fields("http://q/000000000000/replies.fifo", "m-1")
+    assert fields["MessageGroupId"] == fields["MessageDeduplicationId"] and len(fields["MessageGroupId"]) == 64
+    assert fields != sqs.fifo_fields("http://q/000000000000/replies.fifo", "m-2")
+
+
 # --- independence from the project -----------------------------------------------------------------------------------
 def test_the_distribution_never_imports_the_project() -> None:
     for path in SRC.glob("*.py"):

@@ -2,11 +2,13 @@
 
 Every call goes in batches of 10 (SQS's limit) through ``SqsHook``; sends also in batches of at most 256 KiB.
 ``handles`` are ``(message_id, receipt_handle)`` pairs: the id is only for the log. ``safe_text`` makes any text
-(a dead letter's reason, say) acceptable as an SQS message body or attribute value.
+(a dead letter's reason, say) acceptable as an SQS message body or attribute value. A FIFO queue (``.fifo``) gets
+each message in a group of its own, deduplicated by its id (``fifo_fields``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -105,6 +107,16 @@ def send_batches(messages: Sequence[Message]) -> list[Sequence[Message]]:
     return batches
 
 
+def fifo_fields(queue_url: str, message_id: str) -> dict[str, str]:
+    """What a send to a FIFO queue must carry: ``MessageGroupId`` (each message its own group: no order between
+    them, none held behind another) and ``MessageDeduplicationId`` (from the id: a re-send within SQS's 5-minute
+    window is dropped); nothing for a standard queue."""
+    if not queue_url.endswith(".fifo"):
+        return {}
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return {"MessageGroupId": digest[:128], "MessageDeduplicationId": digest}
+
+
 def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: str | None = "aws_default",
                   region_name: str | None = None) -> list[tuple[str, str]]:
     """Send ``(id, body, string attributes)`` triples; returns ``(id, SQS's reason)`` of each one SQS refused for
@@ -119,8 +131,9 @@ def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: s
                 "Id": str(i),
                 "MessageBody": body,
                 "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+                **fifo_fields(queue_url, message_id),
             }
-            for i, (_, body, attrs) in enumerate(batch)
+            for i, (message_id, body, attrs) in enumerate(batch)
         ]
         response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
         failed = response.get("Failed", [])
