@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -255,11 +256,18 @@ def _by_group(envelopes: Sequence[Envelope]) -> dict[str | None, list[Envelope]]
     return by_group
 
 
-def _group_consumer(group: str | None, envelopes: Sequence[Envelope]) -> Any:
+@contextmanager
+def _group_consumer(group: str | None, envelopes: Sequence[Envelope]) -> Iterator[tuple[Any, Any]]:
+    """A consumer in ``group`` (else the connection's group) and its hook, closed on leaving."""
     from event_streams.kafka_offsets import SafeKafkaConsumerHook
 
-    return SafeKafkaConsumerHook(topics=sorted({e.topic for e in envelopes if e.topic}),
+    hook = SafeKafkaConsumerHook(topics=sorted({e.topic for e in envelopes if e.topic}),
                                  kafka_config_id=config.KAFKA_CONN_ID, group_id=group)
+    consumer = hook.get_conn
+    try:
+        yield consumer, hook
+    finally:
+        consumer.close()
 
 
 def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -281,13 +289,9 @@ def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
         known = settled_in_database(engine(), group, partitions) if group else {}
         if known.keys() >= partitions and not in_order(members, known)[1]:
             continue  # all of them follow what the runs committed: nothing to hold, no broker call
-        hook = _group_consumer(group, members)
-        consumer = hook.get_conn
-        try:
+        with _group_consumer(group, members) as (consumer, hook):
             through = settled_through(engine(), consumer, hook.effective_config["group.id"], partitions,
                                       from_beginning=hook.from_beginning)
-        finally:
-            consumer.close()
         held += in_order(members, through)[1]
     if not held:
         return list(envelopes)
@@ -306,11 +310,7 @@ def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int],
 
     committed: dict[tuple[str, int], int] = {}
     for group, members in _by_group(envelopes).items():
-        hook = _group_consumer(group, members)
-        consumer = hook.get_conn
-        try:
+        with _group_consumer(group, members) as (consumer, hook):
             committed |= commit_settled(engine(), consumer, hook.effective_config["group.id"], members,
                                         from_beginning=hook.from_beginning)
-        finally:
-            consumer.close()
     return committed

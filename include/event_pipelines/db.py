@@ -7,12 +7,11 @@ folder's ``tables.py``. README "Delivery guarantees".
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event, text
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
@@ -88,26 +87,11 @@ def ensure_schema(engine: Engine) -> None:
     """Create the tables defined on ``metadata`` (the shared ones and those of every pipeline module imported) if they
     are missing, and add the nullable columns a newer version defines to tables that exist (idempotent).
 
-    Safe when the first tasks of several pipelines arrive together on a fresh database: PostgreSQL creates the schema
-    in one transaction under an advisory lock (the others wait, then find it); SQLite's check-then-create can lose
-    the race to a concurrent ``CREATE TABLE`` (or find its read lock not upgradable: "database is locked", at once),
-    and is then simply run again.
+    Safe when the first tasks of several pipelines arrive together on a fresh database (``event_streams.schema``).
     """
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from event_streams import schema
 
-    attempts = 10
-    for attempt in range(attempts):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('event_pipelines.schema'))"))
-                metadata.create_all(conn, checkfirst=True)
-            break
-        except (OperationalError, ProgrammingError, IntegrityError) as exc:  # another task created a table first
-            retryable = ("already exists", "duplicate", "unique", "database is locked")
-            if attempt == attempts - 1 or not any(w in str(exc).lower() for w in retryable):
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    schema.create_all(metadata, engine, "event_pipelines.schema")
     add_missing_nullable_columns(engine)
 
 

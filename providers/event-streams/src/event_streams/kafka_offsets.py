@@ -57,9 +57,20 @@ class Envelope(Protocol):
 
 E = TypeVar("E", bound=Envelope)
 
+
 def ensure_schema(engine: Engine) -> None:
-    """Create ``kafka_settled`` if it is missing (idempotent)."""
-    metadata.create_all(engine, checkfirst=True)
+    """Create ``kafka_settled`` if it is missing (idempotent; safe from first runs arriving together)."""
+    from event_streams import schema
+
+    schema.create_all(metadata, engine, "event_streams.kafka_settled")
+
+
+def _ready(engine: Engine) -> Engine:
+    """``engine`` with ``kafka_settled`` created, once per engine in this process."""
+    if engine not in _schema_ready:
+        ensure_schema(engine)
+        _schema_ready.add(engine)
+    return engine
 
 
 def _insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -262,16 +273,17 @@ def _committed(consumer: Any, keys: Sequence[Partition]) -> dict[Partition, int]
     return committed
 
 
-def _stored_split(engine: Engine, group_id: str, keys: Sequence[Partition], *, create: bool = True
+def _split(spans: Iterable[Interval]) -> tuple[int, list[Interval]]:
+    """A partition's stored rows as (the offset committed last, -1 if none; the settled ranges)."""
+    rows = list(spans)
+    return max((e for s, e in rows if s == LAST_COMMIT), default=-1), [(s, e) for s, e in rows if s != LAST_COMMIT]
+
+
+def _stored_split(engine: Engine, group_id: str, keys: Sequence[Partition]
                   ) -> dict[Partition, tuple[int, list[Interval]]]:
     """Per partition: the offset committed last (-1 if none) and the settled ranges stored above it."""
-    if create and engine not in _schema_ready:
-        ensure_schema(engine)
-        _schema_ready.add(engine)
     with engine.connect() as conn:
-        stored = _stored(conn, group_id, keys)
-    return {key: (max((e for s, e in spans if s == LAST_COMMIT), default=-1),
-                  [(s, e) for s, e in spans if s != LAST_COMMIT]) for key, spans in stored.items()}
+        return {key: _split(spans) for key, spans in _stored(conn, group_id, keys).items()}
 
 
 def settled_in_database(engine: Engine, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
@@ -282,8 +294,8 @@ def settled_in_database(engine: Engine, group_id: str, partitions: Iterable[Part
     keys = sorted(set(partitions))
     if not keys:
         return {}
-    return {key: watermark(last, ranges) for key, (last, ranges) in _stored_split(engine, group_id, keys).items()
-            if last >= 0}
+    return {key: watermark(last, ranges)
+            for key, (last, ranges) in _stored_split(_ready(engine), group_id, keys).items() if last >= 0}
 
 
 def settled_through(engine: Engine, consumer: Any, group_id: str, partitions: Iterable[Partition], *,
@@ -294,7 +306,7 @@ def settled_through(engine: Engine, consumer: Any, group_id: str, partitions: It
     keys = sorted(set(partitions))
     if not keys:
         return {}
-    stored = _stored_split(engine, group_id, keys)
+    stored = _stored_split(_ready(engine), group_id, keys)
     committed = _committed(consumer, keys)
     through: dict[Partition, int] = {}
     for key in keys:
@@ -314,7 +326,7 @@ def last_commits(engine: Engine, group_id: str, partitions: Iterable[Partition])
     keys = sorted(set(partitions))
     if not keys or not inspect(engine).has_table(kafka_settled.name):
         return {}
-    return {key: last for key, (last, _) in _stored_split(engine, group_id, keys, create=False).items() if last >= 0}
+    return {key: last for key, (last, _) in _stored_split(engine, group_id, keys).items() if last >= 0}
 
 
 def commit_settled(
@@ -332,9 +344,7 @@ def commit_settled(
     intervals = settled_intervals(envelopes)
     if not intervals:
         return {}
-    if engine not in _schema_ready:
-        ensure_schema(engine)
-        _schema_ready.add(engine)
+    _ready(engine)
     keys = sorted(intervals)
     ahead: dict[Partition, int] = {}
     with engine.begin() as conn:
@@ -344,8 +354,7 @@ def commit_settled(
         committed = _committed(consumer, keys)
         for key in keys:
             current = committed.get(key, -1)
-            last = max((e for s, e in stored[key] if s == LAST_COMMIT), default=-1)
-            ranges = [(s, e) for s, e in stored[key] if s != LAST_COMMIT]
+            last, ranges = _split(stored[key])
             low, _high = consumer.get_watermark_offsets(TopicPartition(*key), timeout=30)
             base = commit_base(current, last, ranges, low, from_beginning)
             new = watermark(base, ranges) if base is not None else current

@@ -50,7 +50,8 @@ def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rea
     Keys: ``source`` ("kafka"), ``message_id`` (``topic/partition/offset``), ``body`` (UTF-8 text) or ``body_b64``
     (other bytes) or ``body_omitted_bytes`` (over ``max_body_bytes``), ``topic``, ``partition``, ``offset``,
     ``key`` (UTF-8 text) or ``key_b64`` (other bytes), ``headers`` (in order, duplicates kept: ``{"key", "value"}``
-    with UTF-8 text, ``{"key", "value_b64"}`` with other bytes, ``{"key"}`` for a null value), ``broker_timestamp_ms`` (left out unless in year 1970-9999),
+    with UTF-8 text, ``{"key", "value_b64"}`` with other bytes, ``{"key"}`` for a null value),
+    ``broker_timestamp_ms`` (left out unless in year 1970-9999),
     ``read_from`` (given by the trigger when the consumer's read started before ``offset``: the offsets in between
     hold nothing a consumer receives).
     """

@@ -382,6 +382,11 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 "free; give the watcher a group of its own (group_id).", self.group, self.topics, members)
         return members
 
+    async def _until_group_free(self) -> None:
+        """Read nothing while another application is a member of the group (``group_in_use`` logs it)."""
+        while await sync_to_async(self.group_in_use)():
+            await asyncio.sleep(self.partition_refresh_seconds)
+
     def _assign(self, consumer: Any, assigned: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Assign every partition of the topics (new ones included) at the group's committed offsets.
 
@@ -587,9 +592,9 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                     continue
             except KafkaException as exc:
                 self.log.warning("Kafka: commit of %s/%s at %s failed (%s); retrying later", *key, read, exc)
-            seen = self._unsettled.get(key)
             if self.redelivery_seconds <= 0:  # re-reading is off; the offsets are still kept and gaps committed
                 continue
+            seen = self._unsettled.get(key)
             if seen is None or seen[0] != done:
                 self._unsettled[key] = (done, now)  # fell behind, or the committed offset moved: the clock starts
                 continue
@@ -620,8 +625,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         while True:
             try:
                 self._consumer = await sync_to_async(self._open)()
-                while await sync_to_async(self.group_in_use)():
-                    await asyncio.sleep(self.partition_refresh_seconds)
+                await self._until_group_free()
                 assigned = await sync_to_async(self._assign)(self._consumer, set())
                 refreshed = checked = time.monotonic()
                 while True:
@@ -631,8 +635,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                         yield TriggerEvent({payload.SOURCE: payload.KAFKA_BATCH, payload.GROUP_ID: self.group,
                                             payload.RECORDS: records})
                     if time.monotonic() - refreshed > self.partition_refresh_seconds:
-                        while await sync_to_async(self.group_in_use)():
-                            await asyncio.sleep(self.partition_refresh_seconds)
+                        await self._until_group_free()
                         assigned = await sync_to_async(self._assign)(self._consumer, assigned)
                         refreshed = time.monotonic()
                     if time.monotonic() - checked >= check_every:

@@ -1,0 +1,31 @@
+"""Creating tables when several first tasks arrive together on a fresh database (a deploy): none of them may fail.
+
+PostgreSQL creates them in one transaction under an advisory lock (the others wait, then find them); SQLite's
+check-then-create can lose the race to a concurrent ``CREATE TABLE`` (or find its read lock not upgradable:
+"database is locked", at once), and is then simply run again.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Engine, MetaData, text
+
+RETRYABLE = ("already exists", "duplicate", "unique", "database is locked")
+
+
+def create_all(metadata: MetaData, engine: Engine, lock_name: str, attempts: int = 10) -> None:
+    """``metadata.create_all(checkfirst=True)``, safe from concurrent callers on SQLite and PostgreSQL."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": lock_name})
+                metadata.create_all(conn, checkfirst=True)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:  # another caller created a table first
+            if attempt == attempts - 1 or not any(w in str(exc).lower() for w in RETRYABLE):
+                raise
+            time.sleep(0.05 * (attempt + 1))
