@@ -122,11 +122,16 @@ def test_a_devices_readings_stay_in_order_when_a_run_between_them_fails_for_good
     assert not marker.exists() and report.runs["failed"] == 1, report.runs
     # the report counts one run per message; Airflow's own table has them all: the one that failed for good, the
     # one that held the later readings (they were delivered to it), the one that applied all eight after the re-read
-    with airflow.connect() as conn:
-        runs = conn.execute(text("SELECT state FROM dag_run WHERE dag_id = 'iot_alerting' AND start_date >= :t"),
-                            {"t": datetime.fromtimestamp(first_published, timezone.utc).replace(tzinfo=None)}
-                            ).scalars().all()
-    assert sorted(runs) == ["failed", "success", "success"], runs
+    since = {"t": datetime.fromtimestamp(first_published, timezone.utc).replace(tzinfo=None)}
+    states = text("SELECT state FROM dag_run WHERE dag_id = 'iot_alerting' AND start_date >= :t")
+
+    def finished() -> list[str] | None:  # the last run may still be finishing its bookkeeping
+        with airflow.connect() as conn:
+            found = sorted(conn.execute(states, since).scalars().all())
+        return found if found and all(s in ("failed", "success") for s in found) else None
+
+    runs = wait_for(finished, timeout=60)
+    assert runs == ["failed", "success", "success"], runs
     held = stack.deliveries("iot_alerting", {r["message_id"] for r in second})
     assert min(held.values()) >= 2, held  # delivered to the run that held them, then again after the failed ones
     with create_engine(stack.events_url).connect() as conn:
