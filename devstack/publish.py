@@ -324,7 +324,8 @@ def poison_messages(
 def _etl_file_poison(
     run_id: str, landing_dir: Path, landing_uri_prefix: str | None, now: Callable[[], datetime]
 ) -> list[OutMessage]:
-    """Valid notices whose files are bad: one never written, one truncated after its checksum was taken."""
+    """Valid notices whose files are bad: one never written (quarantined), one truncated after its checksum was
+    taken (dead-lettered as a checksum mismatch, the file left in place)."""
     landing_dir.mkdir(parents=True, exist_ok=True)
     prefix = landing_uri_prefix or landing_uri_prefix_for(landing_dir)
     rng = random.Random(run_id)
@@ -339,7 +340,9 @@ def _etl_file_poison(
         notice = DeliveryNotice(delivery_id=delivery_id, uri=_join_uri(prefix, name),
                                 sha256=hashlib.sha256(data).hexdigest(), row_count=len(orders), producer=PRODUCER,
                                 delivered_at=now())
-        out.append(OutMessage(delivery_id, _json(notice), {"quarantine_reason_contains": reason}))
+        # a truncated file's checksum is not the notice's: dead-lettered, the file left in place (never moved)
+        key = "dead_letter_reason_contains" if kind == "truncated_file" else "quarantine_reason_contains"
+        out.append(OutMessage(delivery_id, _json(notice), {key: reason}))
     return out
 
 

@@ -1,11 +1,13 @@
 """Data-delivery ETL: validate a "data ready" message and its file, transform, load once, or quarantine.
 
-The message's URI must be inside a landing root and its file a regular file within the size limit
-(``landing.py``), or the message is dead-lettered and the file left untouched. A file is loaded in one transaction
-with its ledger row (unique on the file's SHA-256 and on the delivery_id), which also decides, under concurrency,
-between loaded, duplicate (same content) and dead letter (delivery_id reused for other content). A row of
-``orders`` is replaced only by a newer delivery. A file that fails validation is moved under the quarantine root
-with a ``<name>.reason.json`` and an ``etl_quarantine`` row. One message's content never fails its batch.
+The message's ``delivered_at`` must not be ahead of now by more than the clock skew allowed, its URI must be
+inside a landing root and its file a regular file within the size limit, held by descriptor from read to removal
+(``landing.py``), and the file's SHA-256 must be the notice's: otherwise the message is dead-lettered and the file
+left untouched. A file is loaded in one transaction with its ledger row (unique on the file's SHA-256 and on the
+delivery_id), which also decides, under concurrency, between loaded, duplicate (same content) and dead letter
+(delivery_id reused for other content). A row of ``orders`` is replaced only by a newer delivery. A file that is
+the notice's (checksum matches) but fails validation is moved under the quarantine root with a
+``<name>.reason.json`` and an ``etl_quarantine`` row. One message's content never fails its batch.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import hashlib
 import io
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import timezone
+from contextlib import ExitStack
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -63,14 +65,48 @@ class DeliveryOutcome:
 
 
 class InvalidFile(ValueError):
-    """The delivered file cannot be loaded as announced; the reason goes to the quarantine record."""
+    """The delivered file (the notice's own: its checksum matches) cannot be loaded as announced; the reason goes
+    to the quarantine record."""
+
+
+class ChecksumMismatch(ValueError):
+    """The file's SHA-256 is not the notice's: the notice is dead-lettered and the file left where it is."""
+
+
+def verify_checksum(data: bytes, notice: DeliveryNotice) -> None:
+    """Raise ``ChecksumMismatch`` unless ``data`` has the notice's SHA-256.
+
+    A mismatch never moves the file. Nothing short of the checksum proves that the file is the notice's own: a
+    notice may name another producer's (or a not yet complete) delivery, and the file's agreeing with the notice in
+    every other way is no proof either. So the notice is dead-lettered (expected and actual digest in the reason)
+    and the file stays for the notice that matches it."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != notice.sha256:
+        raise ChecksumMismatch(f"checksum mismatch: the file's sha256 is {digest}, the message expects"
+                               f" {notice.sha256} (another delivery's file, or not completely written?);"
+                               " the file is left in place")
+
+
+def future_delivered_at_reason(delivered_at: datetime, now: datetime, max_skew_seconds: float) -> str | None:
+    """Why a notice's ``delivered_at`` is too far ahead of ``now`` (aware) to be accepted, or None if it is not.
+
+    A far-future ``delivered_at`` would freeze its ``order_id``s: ``orders`` rows are replaced only by a newer
+    delivery, so no later correction would ever apply."""
+    raw = delivered_at.isoformat()
+    try:
+        ahead = (delivered_at.astimezone(timezone.utc) - now).total_seconds()
+    except OverflowError:
+        return f"delivered_at {raw} is outside the range of representable UTC times"
+    if ahead <= max_skew_seconds:
+        return None
+    return (f"delivered_at {raw} is {ahead:.0f} s in the future (processed at {now.isoformat()}; at most"
+            f" {max_skew_seconds:g} s of clock skew is allowed): check the producer's clock")
 
 
 def parse_orders(data: bytes, notice: DeliveryNotice) -> list[dict[str, object]]:
-    """Check the file against its notice and return the transformed records, or raise ``InvalidFile``."""
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != notice.sha256:
-        raise InvalidFile(f"checksum mismatch: file sha256 {digest}, message says {notice.sha256} (truncated?)")
+    """Check the file against its notice and return the transformed records, or raise ``ChecksumMismatch`` (see
+    ``verify_checksum``) or ``InvalidFile``."""
+    verify_checksum(data, notice)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -247,11 +283,14 @@ def process_delivery(
     *,
     landing_roots: Sequence[str] = settings.ETL_LANDING_ROOTS,
     max_file_bytes: int = settings.ETL_MAX_FILE_BYTES,
+    max_clock_skew_seconds: float = settings.ETL_MAX_CLOCK_SKEW_SECONDS,
+    now: datetime | None = None,
     after_effect: Callable[[str], None] | None = None,
 ) -> DeliveryOutcome:
     """Handle one "data ready" message end to end. Idempotent: safe to run again for the same message.
 
-    ``resolve`` turns a remote URI into a path (``ObjectStoragePath``); ``file://`` files are read directly. Only
+    ``resolve`` turns a remote URI into a path (``ObjectStoragePath``); ``file://`` files are read directly, held by
+    descriptor until removed (``landing.open_local``). ``now`` (default: the clock) bounds ``delivered_at``. Only
     database and storage faults raise; whatever the message or its file contain ends in an outcome.
     ``after_effect("etl.after_load")`` is called once a file's load is committed (the fault suite's hook).
     """
@@ -261,11 +300,14 @@ def process_delivery(
     except PoisonMessage as exc:
         return _dead_letter(engine, envelope, exc.reason)
     did = notice.delivery_id
+    ahead = future_delivered_at_reason(notice.delivered_at, now or db.utcnow(), max_clock_skew_seconds)
+    if ahead is not None:
+        return _dead_letter(engine, envelope, f"message {mid}: {safe_text(ahead)}", did)
 
     try:
         located = landing.locate(notice.uri, landing_roots)
     except landing.Refused as exc:
-        return _dead_letter(engine, envelope, f"message {mid}: {exc}", did)
+        return _dead_letter(engine, envelope, f"message {mid}: {safe_text(str(exc), 1000)}", did)
 
     verdict, other = check_ledger(engine, notice)
     if verdict == "conflict":
@@ -277,29 +319,26 @@ def process_delivery(
     try:
         path = None if located.local_path is not None else resolve(located.uri)
     except CONTENT_ERRORS as exc:
-        return _dead_letter(engine, envelope, f"message {mid}: uri {safe_text(notice.uri)} cannot be opened: {exc}", did)
-    data: bytes | None = None
-    try:
-        if path is None:
-            data = landing.read_local(located, max_file_bytes)
-        else:
-            data = landing.read_remote(located, path, max_file_bytes)
-        records = parse_orders(data, notice)
-    except landing.Refused as exc:
-        return _dead_letter(engine, envelope, f"message {mid}: {exc}", did)
-    except (landing.Missing, InvalidFile) as exc:
-        reason = str(exc)
-
-        def remove() -> None:
+        reason = f"message {mid}: uri {safe_text(notice.uri)} cannot be opened: {safe_text(str(exc), 200)}"
+        return _dead_letter(engine, envelope, reason, did)
+    with ExitStack() as held:
+        data: bytes | None = None
+        remove: Callable[[], None] = _nothing
+        try:
             if path is None:
-                assert located.local_path is not None
-                _remove_local(located.local_path)
+                landed = held.enter_context(landing.open_local(located, max_file_bytes))
+                data, remove = landed.data, _remove_landed(landed)
             else:
-                path.unlink()
-
-        where = quarantine(engine, notice, mid, located, data, remove, quarantine_root, reason)
-        log.error("message %s: quarantined delivery %s to %s: %s", mid, did, where, reason)
-        return DeliveryOutcome(mid, "quarantined", did, reason=reason)
+                data = landing.read_remote(located, path, max_file_bytes)
+                remove = _remove_remote(path)
+            records = parse_orders(data, notice)
+        except (landing.Refused, ChecksumMismatch) as exc:
+            return _dead_letter(engine, envelope, f"message {mid}: {safe_text(str(exc), 1000)}", did)
+        except (landing.Missing, InvalidFile) as exc:
+            reason = safe_text(str(exc), 1000)
+            where = quarantine(engine, notice, mid, located, data, remove, quarantine_root, reason)
+            log.error("message %s: quarantined delivery %s to %s: %s", mid, did, where, reason)
+            return DeliveryOutcome(mid, "quarantined", did, reason=reason)
 
     verdict, other = load_records(engine, notice, envelope, records)
     if verdict == "conflict":
@@ -313,11 +352,25 @@ def process_delivery(
     return DeliveryOutcome(mid, "loaded", did, rows=len(records))
 
 
-def _remove_local(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass  # already gone (a concurrent quarantine of the same file)
+def _nothing() -> None:
+    return None
+
+
+def _remove_landed(landed: landing.LandedFile) -> Callable[[], None]:
+    """Remove the landing file through its held folder, only if it is still the inode read (else leave it)."""
+
+    def remove() -> None:
+        if not landed.remove():  # gone (a concurrent quarantine of the same file) or replaced by another file
+            log.warning("%s: not removed from the landing folder: no longer the file that was read", landed.located.uri)
+
+    return remove
+
+
+def _remove_remote(path: Any) -> Callable[[], None]:
+    def remove() -> None:
+        path.unlink()
+
+    return remove
 
 
 def process_batch(

@@ -19,3 +19,6 @@ ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
 )
 ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
 ETL_BATCH_SIZE: int = int(os.getenv("ETL_BATCH_SIZE", "50"))  # deliveries per mapped task
+# How far ahead of now a notice's delivered_at may be (README "Confinement"); a notice further ahead is
+# dead-lettered: it would otherwise win over every later correction of its orders.
+ETL_MAX_CLOCK_SKEW_SECONDS: float = float(os.getenv("ETL_MAX_CLOCK_SKEW_SECONDS", "300"))

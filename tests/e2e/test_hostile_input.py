@@ -47,9 +47,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
-def _notice(delivery_id: str, uri: str, data: bytes = b"x", rows: int = 1, sha: str | None = None) -> bytes:
+def _notice(delivery_id: str, uri: str, data: bytes = b"x", rows: int = 1, sha: str | None = None,
+            delivered_at: datetime | None = None) -> bytes:
     return json.dumps({"delivery_id": delivery_id, "uri": uri, "sha256": sha or hashlib.sha256(data).hexdigest(),
-                       "row_count": rows, "producer": "hostile", "delivered_at": _now().isoformat()}).encode()
+                       "row_count": rows, "producer": "hostile",
+                       "delivered_at": (delivered_at or _now()).isoformat()}).encode()
 
 
 def _orders_csv(prefix: str, ordered_at: str = "2026-11-24T08:00:00Z") -> bytes:
@@ -74,6 +76,10 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
     (landing / "bad-utf8.csv").write_bytes(bad_utf8)
     climb = _orders_csv("o-climb")
     (landing / "climb.csv").write_bytes(climb)
+    theirs = _orders_csv("o-theirs")  # another producer's delivery, named by a notice with the wrong checksum
+    (landing / "theirs.csv").write_bytes(theirs)
+    future = _orders_csv("o-hfuture")
+    (landing / "future.csv").write_bytes(future)
     first, second = _orders_csv("o-dup-a"), _orders_csv("o-dup-b")
     (landing / "dup-a.csv").write_bytes(first)
     (landing / "dup-b.csv").write_bytes(second)
@@ -90,8 +96,12 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
         OutMessage("h-huge", _notice("h-huge", f"{L}/huge.csv"), _dead(f"over the {MAX_FILE}-byte limit")),
         OutMessage("h-gs", _notice("h-gs", "gs://bucket/landing/x.csv"), _dead("gs://bucket/landing/x.csv")),
         OutMessage("h-ftp", _notice("h-ftp", "ftp://example/x.csv"), _dead("uri: ")),
-        OutMessage("../../escape", _notice("../../escape", f"{L}/climb.csv", climb, sha="1" * 64),
-                   {"quarantine_reason_contains": "checksum mismatch"}),
+        OutMessage("../../escape", _notice("../../escape", f"{L}/climb.csv", climb, rows=2),
+                   {"quarantine_reason_contains": "file has 1 data rows, message says 2"}),
+        OutMessage("h-wrong-sum", _notice("h-wrong-sum", f"{L}/theirs.csv", sha="2" * 64),
+                   _dead(f"checksum mismatch: the file's sha256 is {hashlib.sha256(theirs).hexdigest()}")),
+        OutMessage("h-future", _notice("h-future", f"{L}/future.csv", future, delivered_at=_now() + timedelta(days=1)),
+                   _dead("s in the future")),
         OutMessage("h-extreme-ts", _notice("h-extreme-ts", f"{L}/extreme.csv", extreme),
                    {"quarantine_reason_contains": "ordered_at: Value error, 9999-12-31T23:59:59-01:00 is outside the range"}),
         OutMessage("h-bad-utf8", _notice("h-bad-utf8", f"{L}/bad-utf8.csv", bad_utf8), {"quarantine_reason_contains": "UTF-8"}),
@@ -112,10 +122,14 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
     with events.connect() as conn:
         letters = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
         dup_loaded = set(conn.execute(select(etl_tables.orders.c.order_id).where(etl_tables.orders.c.delivery_id == "h-dup")).scalars())
+        not_loaded = set(conn.execute(select(etl_tables.orders.c.order_id).where(
+            etl_tables.orders.c.delivery_id.in_(["h-wrong-sum", "h-future"]))).scalars())
+        quarantined_ids = set(conn.execute(select(etl_tables.etl_quarantine.c.delivery_id)).scalars())
     dup_letters = [letters[r["message_id"]] for r in dup if r["message_id"] in letters]
     assert len(dup_loaded) == 1 and len(dup_letters) == 1 and "duplicate delivery_id h-dup" in dup_letters[0]
     for r in sent:
-        if r["id"] in ("h-outside", "h-dotdot", "h-symlink", "h-devzero", "h-gs", "h-directory", "h-huge"):
+        if r["id"] in ("h-outside", "h-dotdot", "h-symlink", "h-devzero", "h-gs", "h-directory", "h-huge",
+                       "h-wrong-sum", "h-future"):
             assert r["message_id"] in letters[r["message_id"]], "the reason names the message id"
     # Nothing outside the areas changed; nothing was created beside the quarantine root; refused files stay put.
     assert _snapshot(outside) == before["outside"] and canary.read_bytes() == _orders_csv("o-canary")
@@ -125,6 +139,9 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
     assert all(p.resolve().is_relative_to(quarantine.resolve()) for p in quarantine.rglob("*"))
     assert (landing / "huge.csv").stat().st_size > MAX_FILE and (landing / "a-directory").is_dir()
     assert (landing / "link-out.csv").is_symlink()
+    # A wrong checksum leaves another delivery's file where it is; a far-future delivered_at loads nothing.
+    assert (landing / "theirs.csv").read_bytes() == theirs and (landing / "future.csv").read_bytes() == future
+    assert not not_loaded and not {"h-wrong-sum", "h-future"} & quarantined_ids
     report_line(f"hostile etl: {len(hostile)} hostile kinds -> dead letters {report.outputs['dead_lettered']}"
                 f" + quarantined {report.outputs['quarantined']} + 1 duplicate id refused; 12/12 good orders loaded;"
                 " files outside the areas unchanged")

@@ -44,8 +44,8 @@ def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: S
         ledger = conn.execute(select(func.count()).select_from(etl_tables.etl_deliveries)).scalar_one()
     assert loaded == {o for r in good for o in r["expect"]["orders"]} and len(loaded) == 12
     assert ledger == 4
-    assert report.outputs["quarantined"] == 2  # the missing file and the truncated file
-    assert report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(poison) - 2
+    assert report.outputs["quarantined"] == 1  # the missing file (the truncated one: a checksum mismatch, dead-lettered)
+    assert report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(poison) - 1
     assert stack.queue_depth("data-deliveries") == 0, "every message is deleted once its effect is durable"
     # Each loading task emitted one events_db.orders event with what it loaded; the poison-only runs' say 0 rows.
     airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
