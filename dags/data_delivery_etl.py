@@ -46,7 +46,8 @@ DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)
 # SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
 # reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
 delivery_trigger = MessageQueueTrigger(
-    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID
+    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
+    **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event
 )
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]

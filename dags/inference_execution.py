@@ -42,7 +42,8 @@ REPLY_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REPLY_QUEUE)
 # SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
 # reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
 request_trigger = MessageQueueTrigger(
-    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID
+    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
+    **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event
 )
 inference_requests = Asset(
     "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]

@@ -168,21 +168,25 @@ def extend_sqs_visibility(queue_url: str, envelopes: Sequence[Envelope], seconds
 def settle_sqs(
     queue_url: str, dlq_url: str, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]
 ) -> None:
-    """After the run's effects are committed: dead letters to the DLQ (body, reason, source id), then delete all.
+    """After the run's effects are committed: dead letters to the DLQ (body, original attributes, then reason and
+    source id; see ``_dlq_copy``), then delete all.
 
-    No message's content can fail this: reasons are made acceptable to SQS (``sqs.safe_text``, 1,000 characters),
-    batches are bounded by bytes, and a copy SQS cannot take (too large with its attributes, no body, or refused all
-    the same) goes as a stand-in naming the message, its body kept in the ``dead_letters`` table (``body_kept_in``).
+    A body the trigger left out of the event and kept (``Envelope.body_kept_in``) is read back from the events
+    database (one bounded query for the run's such dead letters) and sent like any other. No message's content can
+    fail this: reasons are made acceptable to SQS (``sqs.safe_text``, 1,000 characters), batches are bounded by
+    bytes, and a copy SQS cannot take (too large with its attributes, no body, or refused all the same) goes as a
+    stand-in naming the message, its body kept in the ``dead_letters`` table (``body_kept_in``).
     """
     from event_streams import sqs
 
     if dead_letters:
         by_id = {e.message_id: e for e in envelopes}
-        copies = {d["message_id"]: _dlq_copy(queue_url, by_id[d["message_id"]], str(d["reason"]))
-                  for d in dead_letters if d["message_id"] in by_id}
+        by_id |= _with_kept_bodies([by_id[d["message_id"]] for d in dead_letters if d["message_id"] in by_id])
+        reasons = {d["message_id"]: str(d["reason"]) for d in dead_letters if d["message_id"] in by_id}
+        copies = {m: _dlq_copy(queue_url, by_id[m], reason) for m, reason in reasons.items()}
         refused = dict(sqs.send_messages(dlq_url, list(copies.values()), aws_conn_id=config.AWS_CONN_ID))
         if refused:
-            stand_ins = [_stand_in(by_id[m], copies[m][2]) for m in refused]
+            stand_ins = [_stand_in(queue_url, by_id[m], reasons[m]) for m in refused]
             still = sqs.send_messages(dlq_url, stand_ins, aws_conn_id=config.AWS_CONN_ID)
             log.error("SQS refused the dead-letter copies of %s (%s); sent stand-ins naming them instead (their "
                       "bodies are in dead_letters)%s", sorted(refused), sorted(set(refused.values()))[:3],
@@ -190,22 +194,75 @@ def settle_sqs(
     sqs.delete_messages(queue_url, _handles(envelopes), aws_conn_id=config.AWS_CONN_ID)
 
 
-def _dlq_copy(queue_url: str, envelope: Envelope, reason: str) -> tuple[str, str, dict[str, str]]:
+MAX_SQS_ATTRIBUTES = 10  # SQS: message attributes per message
+Attributes = dict[str, str | tuple[str, str]]  # SQS attributes to send: a String value, or (data type, value)
+DlqCopy = tuple[str, str, Attributes]  # (source message id, body, attributes), as sent
+
+
+def _with_kept_bodies(envelopes: Sequence[Envelope]) -> dict[str, Envelope]:
+    """The envelopes whose body the trigger kept (``body_kept_in``), with that body back in place (from the events
+    database, by message id, in bounded queries); those whose body was not found are left out."""
+    ids = [e.message_id for e in envelopes if e.body is None and e.body_kept_in]
+    if not ids:
+        return {}
+    from event_streams import kept_bodies
+
+    kept = kept_bodies.bodies(engine(), ids)
+    return {e.message_id: e.model_copy(update={"body": kept[e.message_id]})
+            for e in envelopes if e.message_id in kept and e.body is None}
+
+
+def _ours(queue_url: str, envelope: Envelope, reason: str) -> Attributes:
     from event_streams import sqs
 
-    attributes = {"reason": sqs.safe_text(reason, 1000), "source_message_id": sqs.safe_text(envelope.message_id, 256),
-                  "source_queue": queue_url}
+    return {"reason": sqs.safe_text(reason, 1000), "source_message_id": sqs.safe_text(envelope.message_id, 256),
+            "source_queue": queue_url}
+
+
+def _with_originals(envelope: Envelope, body: str, ours: Attributes) -> Attributes:
+    """``ours``, then the message's original attributes in their order, each one while the copy keeps at most
+    ``MAX_SQS_ATTRIBUTES`` attributes and SQS can take it (``sqs.MAX_BATCH_BYTES``); an original named like one of
+    ours is dropped (ours win)."""
+    from event_streams import sqs
+
+    attributes: Attributes = dict(ours)
+    for a in envelope.sqs_attributes or ():
+        if len(attributes) >= MAX_SQS_ATTRIBUTES:
+            break
+        if a.name in attributes:
+            continue
+        candidate = {**attributes, a.name: (a.data_type, a.value)}
+        if sqs.message_bytes(body, candidate) <= sqs.MAX_BATCH_BYTES:
+            attributes = candidate
+    return attributes
+
+
+def _dlq_copy(queue_url: str, envelope: Envelope, reason: str) -> DlqCopy:
+    """The copy of a dead letter for the DLQ: the original body when SQS can take it with our attributes, else a
+    stand-in (``_stand_in``).
+
+    Attributes: ours (``reason``, ``source_message_id``, ``source_queue``; and ``body_kept_in`` on a stand-in) win
+    on a name clash; then the message's original String/Number attributes (``Envelope.sqs_attributes``), in their
+    order, as many as fit: never more than 10 attributes in all (SQS's limit) and never over SQS's message size
+    (``sqs.MAX_BATCH_BYTES``, body included): the body goes first, and an original that does not fit after it is
+    left out.
+    """
+    from event_streams import sqs
+
+    ours = _ours(queue_url, envelope, reason)
     body = envelope.body or ""
-    if not body or sqs.message_bytes(body, attributes) > sqs.MAX_BATCH_BYTES:
-        return _stand_in(envelope, attributes)
-    return envelope.message_id, body, attributes
+    if not body or sqs.message_bytes(body, ours) > sqs.MAX_BATCH_BYTES:
+        return _stand_in(queue_url, envelope, reason)
+    return envelope.message_id, body, _with_originals(envelope, body, ours)
 
 
-def _stand_in(envelope: Envelope, attributes: Mapping[str, str]) -> tuple[str, str, dict[str, str]]:
-    """A dead letter's copy without its body: the message id and where the body is kept."""
+def _stand_in(queue_url: str, envelope: Envelope, reason: str) -> DlqCopy:
+    """A dead letter's copy without its body: the message id and where the body is kept (attributes as in
+    ``_dlq_copy``, with ``body_kept_in``)."""
     size = envelope.body_omitted_bytes or len((envelope.body or "").encode("utf-8"))
     body = json.dumps({"dead_letter": envelope.message_id, "body_bytes": size, "body_kept_in": "dead_letters"})
-    return envelope.message_id, body, {**attributes, "body_kept_in": "dead_letters"}
+    ours = {**_ours(queue_url, envelope, reason), "body_kept_in": "dead_letters"}
+    return envelope.message_id, body, _with_originals(envelope, body, ours)
 
 
 def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:

@@ -48,6 +48,13 @@ def kafka_group(group_id: str) -> dict[str, str]:
 # --- runs that fail for good (README "Delivery guarantees") ---
 # A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
 # its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
+def sqs_stream_kwargs() -> dict[str, str]:
+    """The streaming SQS watcher's events database (``kept_conn_id``: where it keeps the bodies too large for an
+    asset event before handing their messages on, so the run can dead-letter them whole). Empty for the stock
+    trigger (``SqsSensorTrigger`` rejects arguments it does not know)."""
+    return {"kept_conn_id": DB_CONN_ID} if SQS_WATCHER_SCHEME == "sqs+stream" else {}
+
+
 MAX_FAILED_RUNS: int = int(os.getenv("MAX_FAILED_RUNS", "3"))
 # SQS: after a run failed for good, its undeleted messages become visible again after this long (not the run's
 # whole SQS_VISIBILITY_TIMEOUT).

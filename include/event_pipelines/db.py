@@ -2,7 +2,8 @@
 
 Every table is keyed on the identity of what was received and written with ``insert_ignore`` / ``upsert``, so a
 redelivery, a retry or a cleared run changes nothing. Each pipeline defines its own tables on ``metadata`` in its
-folder's ``tables.py``. README "Delivery guarantees".
+folder's ``tables.py``. ``record_dead_letters`` fills in the bodies the SQS trigger kept (``kept_bodies``, a table of
+the event-streams provider in the same database). README "Delivery guarantees".
 """
 
 from __future__ import annotations
@@ -157,6 +158,17 @@ def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) ->
 
 
 def record_dead_letters(conn: Connection, pipeline: str, letters: Iterable[Mapping[str, Any]]) -> int:
-    """Keep each poison message once per pipeline with its reason and original body."""
+    """Keep each poison message once per pipeline with its reason and original body.
+
+    The one place every pipeline's dead letters are written: an SQS letter without a body (the trigger left an
+    oversize body out of the event) gets the body the streaming trigger kept (``event_streams.kept_bodies``), found
+    by message id in one bounded query per 500 such letters; it stays ``NULL`` when none was kept."""
     rows = [{"pipeline": pipeline, "recorded_at": utcnow(), **letter} for letter in letters]
+    missing = [r["message_id"] for r in rows if r.get("body") is None and r.get("source") == "sqs"]
+    if missing:
+        from event_streams import kept_bodies
+
+        kept = kept_bodies.bodies(conn, missing)
+        rows = [{**r, "body": kept[r["message_id"]]} if r.get("body") is None and r["message_id"] in kept else r
+                for r in rows]
     return insert_ignore(conn, dead_letters, rows)

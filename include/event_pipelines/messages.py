@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from include.event_pipelines import config
 
 # SQS's own limit by default; larger Kafka records are refused the same way. A trigger leaves the body of a larger
-# message out of its asset event (``body_omitted_bytes``), so it never rides in one; the run dead-letters it.
+# message out of its asset event (``body_omitted_bytes``), so it never rides in one; the run dead-letters it. The
+# streaming SQS trigger first keeps such a body in the events database (``body_kept_in``: ``kept_bodies``), and
+# ``db.record_dead_letters`` and the DLQ copy (``airflow_io.settle_sqs``) take it from there.
 MAX_BODY_BYTES = config.MAX_MESSAGE_BYTES
 
 # What a message's content can raise in pure code (parsing, validation, arithmetic on its values, lookups by its
@@ -38,6 +40,16 @@ class KafkaHeader(BaseModel):
     key: str
     value: str | None = None
     value_b64: str | None = None
+
+
+class SqsAttribute(BaseModel):
+    """One SQS message attribute of a string-valued type (``String``, ``Number``, or a custom ``Number.x``...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    data_type: str
+    value: str
 
 
 class Envelope(BaseModel):
@@ -60,6 +72,8 @@ class Envelope(BaseModel):
     read_from: int | None = None  # Kafka: the consumer's read started here; earlier offsets hold no record
     group_id: str | None = None  # Kafka, streaming trigger: the consumer group whose offsets the record counts in
     body_omitted_bytes: int | None = None  # the body was over MAX_BODY_BYTES and left out by the trigger
+    body_kept_in: str | None = None  # SQS: the events-database table where the trigger kept that body
+    sqs_attributes: tuple[SqsAttribute, ...] | None = None  # SQS: the String/Number message attributes, in order
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any]) -> Envelope:
@@ -69,6 +83,10 @@ class Envelope(BaseModel):
             body=message.get("Body"),
             receipt_handle=message.get("ReceiptHandle"),
             body_omitted_bytes=message.get(payload.BODY_OMITTED_BYTES),
+            body_kept_in=message.get(payload.BODY_KEPT_IN),
+            sqs_attributes=tuple(SqsAttribute(name=k, data_type=a["DataType"], value=a["StringValue"])
+                                 for k, a in payload.sqs_attributes(message.get(payload.MESSAGE_ATTRIBUTES)).items())
+            or None,
         )
 
 
@@ -156,7 +174,10 @@ def raw_headers(envelope: Envelope) -> list[tuple[str, bytes | None]]:
 
 
 def dead_letter_row(envelope: Envelope, reason: str) -> dict[str, Any]:
-    """A ``dead_letters`` row: the source message id, the reason and the original body (base64 if not UTF-8)."""
+    """A ``dead_letters`` row: the source message id, the reason and the original body (base64 if not UTF-8).
+
+    An SQS body left out of the event (``body_omitted_bytes``) is ``None`` here; ``db.record_dead_letters`` fills it
+    in from where the trigger kept it (``body_kept_in``), for every pipeline alike."""
     body = envelope.body if envelope.body_b64 is None else envelope.body_b64
     if body is not None and "\x00" in body:  # PostgreSQL text cannot hold NUL: keep such a body as base64
         body = base64.b64encode(body.encode("utf-8", "surrogatepass")).decode("ascii")

@@ -202,12 +202,17 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
                                           "features": features}).encode(), _dead("submitted_at")),
         OutMessage("q-deep", b"{" + b'"a":{' * 20_000 + b"}" * 20_001, _dead("nested too deeply")),
     ]
+    # 140,000 two-byte characters: 280 KB of UTF-8, under the queue's limit (ElasticMQ counts UTF-16 units; AWS now
+    # takes 1 MiB) but over MAX_MESSAGE_BYTES: left out of the event, its body kept whole by the trigger.
+    oversize = OutMessage("q-oversize", json.dumps({"request_id": "hq-oversize", "pad": "é" * 140_000},
+                                                   ensure_ascii=False).encode(), _dead("byte limit"))
     reused = [OutMessage("q-reused-a", request("hq-reused", rpm=1000.0), {}),
               OutMessage("q-reused-b", request("hq-reused", rpm=2000.0), {})]
     good_before = publish.publish_inference(5, run_id="hostqb", target=stack.target)
     client = stack.sqs()
     url = stack.target.queue_url("inference-requests")
     sent = publish.send_sqs("inference", client, url, hostile)
+    sent += publish.send_sqs("inference", client, url, [oversize])  # alone: a batch is bounded in bytes too
     pair = publish.send_sqs("inference", client, url, reused)
     good_after = publish.publish_inference(5, run_id="hostqa", target=stack.target)
     report = stack.collect(good_before + good_after + sent, timeout=240)
@@ -216,12 +221,14 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
     events = create_engine(stack.events_url)
     with events.connect() as conn:
         letters = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.reason)).all())
+        bodies = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.body)).all())
         stored = conn.execute(select(inference_tables.predictions.c.message_id).where(inference_tables.predictions.c.request_id == "hq-reused")).all()
+    assert bodies[sent[-1]["message_id"]] == oversize.body.decode(), "the oversize body is not kept whole"
     pair_letters = [letters[r["message_id"]] for r in pair if r["message_id"] in letters]
     assert len(stored) == 1 and len(pair_letters) == 1 and "duplicate request_id hq-reused" in pair_letters[0]
     assert stored[0][0] != next(r["message_id"] for r in pair if r["message_id"] in letters)
-    report_line(f"hostile inference: {len(hostile)} hostile kinds -> {report.outputs['in_dlq']} on the DLQ with their"
-                " reasons; a request_id reused with other features: 1 answered, 1 dead-lettered; 10/10 good replied")
+    report_line(f"hostile inference: {len(hostile) + 1} hostile kinds -> {report.outputs['in_dlq']} on the DLQ with their"
+                " reasons (a 280 KB body kept whole in dead_letters); a request_id reused with other features: 1 answered, 1 dead-lettered; 10/10 good replied")
 
 
 def test_an_etl_run_carrying_more_than_1500_deliveries_succeeds(stack: Stack, report_line) -> None:

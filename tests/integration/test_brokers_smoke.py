@@ -710,3 +710,104 @@ def test_dead_letters_and_replies_reach_fifo_queues(stack, monkeypatch):
     [dead] = drain(dlq)
     assert dead["Body"] == "not json" and dead["MessageAttributes"]["reason"]["StringValue"] == "not JSON"
     assert sorted(json.loads(m["Body"])["i"] for m in drain(replies)) == list(range(12))  # the re-send deduplicated
+
+
+def test_an_oversize_sqs_body_is_kept_by_the_trigger_and_dead_lettered_whole(stack, tmp_path, monkeypatch):
+    """No content is lost (issue 17): two multi-byte bodies the queue took but over the trigger's bound (a 300 KiB
+    one, over SQS's 256 KiB too, and a 100 KiB one against a 64 KiB ``max_message_bytes``) are kept, byte for byte,
+    in ``kept_bodies`` of the events database before their event goes out, and the event carries only the marker.
+    The run's dead-lettering puts the original bytes in each ``dead_letters`` row, sends the 100 KiB body itself as
+    the DLQ copy and the 300 KiB one as a stand-in, both with the message's original attributes (ours win on a
+    clash), and deletes the source messages. Before: the bodies were dropped, the rows had NULL bodies, and every
+    copy was a stand-in without the original attributes."""
+    import asyncio
+    import json
+
+    import boto3
+    from airflow.providers.amazon.aws.hooks.sqs import SqsHook
+    from sqlalchemy import create_engine, select
+
+    from event_streams import kept_bodies, payload
+    from event_streams import sqs as event_sqs
+    from event_streams.triggers import StreamingSqsTrigger
+    from include.event_pipelines import airflow_io, db
+    from include.event_pipelines.messages import dead_letter_row, envelopes_from_asset_events
+
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "x", "password": "x",
+        "extra": {"endpoint_url": stack["sqs"], "region_name": "us-east-1"}}))
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", url)
+    client = boto3.client("sqs", endpoint_url=stack["sqs"], region_name="us-east-1", aws_access_key_id="x",
+                          aws_secret_access_key="x")
+    suffix = uuid.uuid4().hex[:6]
+    source = client.create_queue(QueueName=f"oversize-{suffix}")["QueueUrl"]
+    dlq = client.create_queue(QueueName=f"oversize-{suffix}-dlq")["QueueUrl"]
+    huge = "é€😀" * (300 * 1024 // 9)  # 300 KiB of UTF-8; ElasticMQ counts its UTF-16 units (133 Ki) and takes it
+    large = "é€😀" * (100 * 1024 // 9)  # 100 KiB: over this trigger's 64 KiB bound, small enough for a DLQ copy
+    originals = {"trace": {"DataType": "String", "StringValue": "t-1"},
+                 "priority": {"DataType": "Number", "StringValue": "7"},
+                 "reason": {"DataType": "String", "StringValue": "the producer's own"}}
+    for body in (huge, large):
+        client.send_message(QueueUrl=source, MessageBody=body, MessageAttributes=originals)
+    trigger = StreamingSqsTrigger(sqs_queue=source, aws_conn_id="aws_default", region_name="us-east-1",
+                                  kept_conn_id="events_db", max_message_bytes=64 * 1024, linger_seconds=0.5,
+                                  wait_time_seconds=2, visibility_timeout=60)
+
+    async def gather(want: int) -> list[dict]:
+        got: list[dict] = []
+        hook = SqsHook(aws_conn_id="aws_default", region_name="us-east-1")
+        async with await hook.get_async_conn() as sqs_client:
+            deadline = time.monotonic() + 30
+            while len(got) < want and time.monotonic() < deadline:
+                got += await trigger.gather(sqs_client)
+        return got
+
+    batch = asyncio.run(gather(2))
+    assert len(batch) == 2
+    for m in batch:  # the marker, not the body; the original attributes ride along
+        assert "Body" not in m and m[payload.BODY_KEPT_IN] == "kept_bodies"
+        assert m[payload.MESSAGE_ATTRIBUTES] == originals
+    t = kept_bodies.kept_bodies
+    with create_engine(url).connect() as conn:
+        kept = {mid: (queue, body, size) for mid, queue, body, size in
+                conn.execute(select(t.c.message_id, t.c.source_queue, t.c.body, t.c.body_bytes))}
+    by_size = {m[payload.BODY_OMITTED_BYTES]: m["MessageId"] for m in batch}
+    huge_id, large_id = by_size[len(huge.encode("utf-8"))], by_size[len(large.encode("utf-8"))]
+    assert kept[huge_id] == (source, huge, len(huge.encode("utf-8")))
+    assert kept[large_id][1].encode("utf-8") == large.encode("utf-8")
+
+    airflow_io.engine.cache_clear()
+    event_sqs._clients.clear()
+    try:
+        envelopes = envelopes_from_asset_events([{"payload": {"status": "success", payload.MESSAGE_BATCH: batch}}])
+        letters = [dead_letter_row(e, f"body is {e.body_omitted_bytes} bytes, over the limit") for e in envelopes]
+        with airflow_io.engine().begin() as conn:
+            db.record_dead_letters(conn, "smoke", letters)
+        airflow_io.settle_sqs(source, dlq, envelopes, letters)
+        with airflow_io.engine().connect() as conn:
+            rows = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.body)).all())
+    finally:
+        airflow_io.engine.cache_clear()
+        event_sqs._clients.clear()
+    assert rows[huge_id].encode("utf-8") == huge.encode("utf-8")
+    assert rows[large_id].encode("utf-8") == large.encode("utf-8")
+
+    copies: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(copies) < 2 and time.monotonic() < deadline:
+        copies += client.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                         MessageAttributeNames=["All"]).get("Messages", [])
+    by_source = {m["MessageAttributes"]["source_message_id"]["StringValue"]: m for m in copies}
+    assert set(by_source) == {huge_id, large_id} and len(copies) == 2
+    assert by_source[large_id]["Body"].encode("utf-8") == large.encode("utf-8")  # the original bytes
+    assert json.loads(by_source[huge_id]["Body"]) == {"dead_letter": huge_id, "body_bytes": len(huge.encode("utf-8")),
+                                                      "body_kept_in": "dead_letters"}
+    assert by_source[huge_id]["MessageAttributes"]["body_kept_in"]["StringValue"] == "dead_letters"
+    for copy in by_source.values():
+        attributes = copy["MessageAttributes"]
+        assert attributes["reason"]["StringValue"].startswith("body is ")  # ours, not the producer's
+        assert attributes["source_queue"]["StringValue"] == source
+        assert attributes["trace"] == {"DataType": "String", "StringValue": "t-1"}
+        assert attributes["priority"] == {"DataType": "Number", "StringValue": "7"}
+    assert client.receive_message(QueueUrl=source, WaitTimeSeconds=1).get("Messages", []) == []  # deleted

@@ -19,7 +19,6 @@ Imported at run time only (trigger and task), never while a DAG file is parsed.
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -67,10 +66,9 @@ def ensure_schema(engine: Engine) -> None:
 
 def _ready(engine: Engine) -> Engine:
     """``engine`` with ``kafka_settled`` created, once per engine in this process."""
-    if engine not in _schema_ready:
-        ensure_schema(engine)
-        _schema_ready.add(engine)
-    return engine
+    from event_streams import schema
+
+    return schema.ready(metadata, engine, "event_streams.kafka_settled")
 
 
 def _insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -223,7 +221,6 @@ def group_members(consumer_config: Mapping[str, Any], timeout: float = 10.0) -> 
     return [f"{m.client_id}@{m.host}" for m in description.members]
 
 
-_schema_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 # --- committing ----------------------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """The trigger -> DAG contract: the keys of the asset-event payloads and the JSON-safe form of a Kafka record.
 
-SQS: ``{"status": "success", "message_batch": [{"MessageId", "ReceiptHandle", "Body"}, ...]}`` (the shape of
-``SqsSensorTrigger``); a body over the limit is replaced by ``BodyOmittedBytes``. Kafka:
+SQS: ``{"status": "success", "message_batch": [{"MessageId", "ReceiptHandle", "Body", "MessageAttributes"}, ...]}``
+(the shape of ``SqsSensorTrigger``; only String and Number attributes, and only when the message has any); a body
+over the limit is replaced by ``BodyOmittedBytes``, plus ``BodyKeptIn`` when the trigger kept it in the events
+database (``event_streams.kept_bodies``). Kafka:
 ``{"source": "kafka_batch", "group_id": "<consumer group>", "records": [kafka_record(...), ...]}``.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 MESSAGE_BATCH = "message_batch"  # SQS payload: the list of messages
@@ -16,9 +19,37 @@ KAFKA_BATCH = "kafka_batch"  # ... for a batch of records
 GROUP_ID = "group_id"  # Kafka payload: the consumer group whose committed offsets the trigger read from
 RECORDS = "records"  # Kafka payload: the list of records (each a ``kafka_record`` dict)
 BODY_OMITTED_BYTES = "BodyOmittedBytes"  # SQS message: the size of a body left out of the event
+BODY_KEPT_IN = "BodyKeptIn"  # SQS message: the table of the events database holding the body left out ...
+KEPT_BODIES_TABLE = "kept_bodies"  # ... its value (``event_streams.kept_bodies``)
+MESSAGE_ATTRIBUTES = "MessageAttributes"  # SQS message: {name: {"DataType", "StringValue"}}, String/Number only
+CARRIED_ATTRIBUTE_TYPES = ("String", "Number")  # SQS attribute types carried in events (Binary ones are not)
 
 DEFAULT_MAX_BODY_BYTES = 256 * 1024  # SQS's own message size limit
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: a broker timestamp past it is left out
+
+
+def sqs_attributes(raw: Any) -> dict[str, dict[str, str]]:
+    """The String and Number attributes (custom types such as ``Number.int`` included) of an SQS message's
+    ``MessageAttributes``, as ``{name: {"DataType", "StringValue"}}``; Binary ones and anything malformed are left
+    out."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    for name, attr in raw.items():
+        if not isinstance(attr, Mapping):
+            continue
+        data_type, value = attr.get("DataType"), attr.get("StringValue")
+        if (isinstance(name, str) and isinstance(data_type, str) and isinstance(value, str)
+                and data_type.split(".", 1)[0] in CARRIED_ATTRIBUTE_TYPES):
+            out[name] = {"DataType": data_type, "StringValue": value}
+    return out
+
+
+def sqs_attribute_bytes(attributes: Any) -> int:
+    """What SQS counts of ``sqs_attributes``' answer: each name, data type and value, in UTF-8 bytes."""
+    return sum(len(name.encode("utf-8", "surrogatepass")) + len(a["DataType"].encode("utf-8", "surrogatepass"))
+               + len(a["StringValue"].encode("utf-8", "surrogatepass"))
+               for name, a in sqs_attributes(attributes).items())
 
 
 def _text_or_b64(value: bytes | None) -> tuple[str | None, str | None]:

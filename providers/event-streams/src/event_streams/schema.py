@@ -8,10 +8,12 @@ check-then-create can lose the race to a concurrent ``CREATE TABLE`` (or find it
 from __future__ import annotations
 
 import time
+import weakref
 
 from sqlalchemy import Engine, MetaData, text
 
 RETRYABLE = ("already exists", "duplicate", "unique", "database is locked")
+_ready: dict[str, weakref.WeakSet[Engine]] = {}  # lock name -> the engines whose tables this process created
 
 
 def create_all(metadata: MetaData, engine: Engine, lock_name: str, attempts: int = 10) -> None:
@@ -29,3 +31,13 @@ def create_all(metadata: MetaData, engine: Engine, lock_name: str, attempts: int
             if attempt == attempts - 1 or not any(w in str(exc).lower() for w in RETRYABLE):
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def ready(metadata: MetaData, engine: Engine, lock_name: str) -> Engine:
+    """``engine``, with ``metadata``'s tables created (``create_all``) once per engine and ``lock_name`` in this
+    process."""
+    done = _ready.setdefault(lock_name, weakref.WeakSet())
+    if engine not in done:
+        create_all(metadata, engine, lock_name)
+        done.add(engine)
+    return engine

@@ -32,10 +32,24 @@ def safe_text(value: str, limit: int) -> str:
     return escaped if len(escaped) <= limit else escaped[: max(0, limit - 1)] + "…"
 
 
-def message_bytes(body: str, attributes: Mapping[str, str]) -> int:
+AttributeValue = str | tuple[str, str]  # a String attribute's value, or (data type, value) of any string-valued type
+
+
+def typed(value: AttributeValue) -> tuple[str, str]:
+    """``(data type, value)`` of an attribute: a plain string is a ``String``."""
+    return ("String", value) if isinstance(value, str) else value
+
+
+def _attribute(value: AttributeValue) -> dict[str, str]:
+    data_type, text = typed(value)
+    return {"DataType": data_type, "StringValue": text}
+
+
+def message_bytes(body: str, attributes: Mapping[str, AttributeValue]) -> int:
     """What SQS counts of a message: the body and each attribute's name, type and value, in UTF-8 bytes."""
     return len(body.encode("utf-8", "surrogatepass")) + sum(
-        len(k.encode()) + len("String") + len(v.encode("utf-8", "surrogatepass")) for k, v in attributes.items())
+        len(k.encode("utf-8", "surrogatepass")) + sum(len(p.encode("utf-8", "surrogatepass")) for p in typed(v))
+        for k, v in attributes.items())
 
 
 _clients: dict[tuple[int, str | None, str | None], Any] = {}
@@ -90,7 +104,7 @@ def change_visibility(queue_url: str, handles: Sequence[tuple[str, str]], second
     return changed
 
 
-Message = tuple[str, str, Mapping[str, str]]  # (id, body, string attributes)
+Message = tuple[str, str, Mapping[str, AttributeValue]]  # (id, body, attributes)
 
 
 def send_batches(messages: Sequence[Message]) -> list[Sequence[Message]]:
@@ -130,7 +144,7 @@ def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: s
             {
                 "Id": str(i),
                 "MessageBody": body,
-                "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attrs.items()},
+                "MessageAttributes": {k: _attribute(v) for k, v in attrs.items()},
                 **fifo_fields(queue_url, message_id),
             }
             for i, (message_id, body, attrs) in enumerate(batch)

@@ -3,9 +3,11 @@
 They never exit. Each event carries up to ``max_messages_per_event`` messages and ``max_event_bytes`` of bodies:
 after a quiet spell the first message goes out at once; in a stream, at most one event per ``linger_seconds``.
 Nothing is acknowledged here: SQS messages are received with a short visibility timeout and extended to the run's
-budget once their event is stored (the run deletes them); Kafka partitions are read with ``assign()`` from the
-group's committed offsets, which only the run moves (``event_streams.kafka_offsets``). Broker errors are retried
-with back-off inside the trigger. Defaults of the tuning arguments come from the environment (README.md).
+budget once their event is stored (the run deletes them); a body too large for an event is first kept in the
+events database (``kept_conn_id``, ``event_streams.kept_bodies``), its message held back while it cannot be. Kafka
+partitions are read with ``assign()`` from the group's committed offsets, which only the run moves
+(``event_streams.kafka_offsets``). Broker errors are retried with back-off inside the trigger. Defaults of the
+tuning arguments come from the environment (README.md).
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ def _pack_until(last_event_at: float, linger_seconds: float) -> float:
 
 
 def sqs_body_bytes(message: Mapping[str, Any]) -> int:
-    return len(message.get("Body", "").encode("utf-8"))
+    """The bytes the message takes in the event: its body and its carried attributes (names, types, values)."""
+    return len(message.get("Body", "").encode("utf-8")) + payload.sqs_attribute_bytes(
+        message.get(payload.MESSAGE_ATTRIBUTES))
 
 
 def kafka_body_bytes(record: Any) -> int:
@@ -112,7 +116,15 @@ class StreamingSqsTrigger(BaseEventTrigger):
 
     Received with a short ``visibility_timeout``; ``handover_after_seconds`` (default: half of it) after their event
     went out, extended to ``handover_visibility_timeout`` (the run's budget). Messages that did not fit an event
-    open the next one. Arguments left ``None`` take their environment default (README.md).
+    open the next one. Each message carries its String and Number attributes (``MessageAttributes``; they count
+    toward ``max_event_bytes``). Arguments left ``None`` take their environment default (README.md).
+
+    A body over ``max_message_bytes`` never rides in an event (``BodyOmittedBytes`` instead). With ``kept_conn_id``
+    (an SQL connection: the events database) it is first written, exactly as received, to the table
+    ``kept_bodies`` there (``event_streams.kept_bodies``; idempotent on message id and queue) and the message says
+    so (``BodyKeptIn``): the run can then delete the source message and still dead-letter its content. While that
+    write fails, the message is not handed on: it stays invisible until ``visibility_timeout`` ends and comes back.
+    Without ``kept_conn_id`` the body is dropped from the event and kept nowhere.
     """
 
     def __init__(
@@ -121,6 +133,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
         sqs_queue: str,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
+        kept_conn_id: str | None = None,
         max_messages_per_event: int | None = None,  # SQS_MESSAGES_PER_EVENT, 100
         linger_seconds: float | None = None,  # EVENT_LINGER_SECONDS, 0.25
         wait_time_seconds: int | None = None,  # SQS_WAIT_TIME_SECONDS, 20
@@ -134,6 +147,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
         self.sqs_queue = sqs_queue
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
+        self.kept_conn_id = kept_conn_id
         self.max_messages_per_event = _pick(max_messages_per_event, _env_int, "SQS_MESSAGES_PER_EVENT", 100)
         self.linger_seconds = _pick(linger_seconds, _env_float, "EVENT_LINGER_SECONDS", 0.25)
         self.wait_time_seconds = _pick(wait_time_seconds, _env_int, "SQS_WAIT_TIME_SECONDS", 20)
@@ -159,6 +173,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
                 "sqs_queue": self.sqs_queue,
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
+                "kept_conn_id": self.kept_conn_id,
                 "max_messages_per_event": self.max_messages_per_event,
                 "linger_seconds": self.linger_seconds,
                 "wait_time_seconds": self.wait_time_seconds,
@@ -171,21 +186,64 @@ class StreamingSqsTrigger(BaseEventTrigger):
         )
 
     async def _receive(self, client: Any, wait: int, count: int = 10) -> list[dict[str, Any]]:
+        """Up to ``count`` messages in their event form; those with a body too large for an event have it kept
+        first (``kept_conn_id``), and are left out (to come back) when that fails."""
         response = await client.receive_message(
             QueueUrl=self.sqs_queue,
             MaxNumberOfMessages=max(1, min(10, count)),
             WaitTimeSeconds=wait,
             VisibilityTimeout=self.visibility_timeout,
+            MessageAttributeNames=["All"],
         )
         messages = []
+        oversize: list[tuple[str, str]] = []  # (message id, body) to keep before the event names them
         for m in response.get("Messages", []):
-            message = {"MessageId": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"], "Body": m.get("Body", "")}
-            size = sqs_body_bytes(message)
+            message: dict[str, Any] = {"MessageId": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"],
+                                       "Body": m.get("Body", "")}
+            attributes = payload.sqs_attributes(m.get(payload.MESSAGE_ATTRIBUTES))
+            if attributes:
+                message[payload.MESSAGE_ATTRIBUTES] = attributes
+            size = len(message["Body"].encode("utf-8"))
             if size > self.max_message_bytes:  # never rides in an event; the run dead-letters it
-                del message["Body"]
+                oversize.append((message["MessageId"], message.pop("Body")))
                 message[payload.BODY_OMITTED_BYTES] = size
             messages.append(message)
+        if oversize and self.kept_conn_id:
+            held = await self._keep_bodies(oversize)
+            for message in messages:
+                if message["MessageId"] not in held and message.get(payload.BODY_OMITTED_BYTES) is not None:
+                    message[payload.BODY_KEPT_IN] = payload.KEPT_BODIES_TABLE
+            messages = [m for m in messages if m["MessageId"] not in held]
         return messages
+
+    async def _keep_bodies(self, oversize: list[tuple[str, str]]) -> set[str]:
+        """Write the bodies to ``kept_bodies`` (in a thread: the triggerer's loop must not block); returns the ids of
+        the messages to hold back: all of them when the write failed (they come back after the visibility
+        timeout), none when it succeeded."""
+        try:
+            await asyncio.to_thread(self._keep, oversize)
+        except Exception:
+            ids = sorted(mid for mid, _ in oversize)
+            self.log.warning("SQS %s: the bodies of %s (over %s bytes) could not be kept in %r; not handing them on: "
+                             "they come back in %s s", self.sqs_queue, ids, self.max_message_bytes, self.kept_conn_id,
+                             self.visibility_timeout, exc_info=True)
+            return set(ids)
+        return set()
+
+    def _keep(self, oversize: list[tuple[str, str]]) -> int:
+        """``kept_bodies.keep`` in the database of ``kept_conn_id`` (committed on return; raises on failure)."""
+        from event_streams.kept_bodies import keep
+
+        engine = self._kept_engine()
+        try:
+            return keep(engine, self.sqs_queue, oversize)
+        finally:
+            engine.dispose()
+
+    def _kept_engine(self) -> Any:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(self.kept_conn_id).get_hook().get_sqlalchemy_engine()
 
     async def gather(self, client: Any) -> list[dict[str, Any]]:
         """Carried-over messages, or block (long poll) for the first ones; then pack what follows them (see
