@@ -266,12 +266,15 @@ def _stand_in(queue_url: str, envelope: Envelope, reason: str) -> DlqCopy:
 
 
 def send_sqs_messages(queue_url: str, messages: Sequence[tuple[str, str, Mapping[str, str]]]) -> None:
-    """Send ``(id, body, string attributes)`` triples in batches of 10 and 256 KiB; raise if SQS refused any."""
+    """Send ``(id, body, string attributes)`` triples in batches of 10 and 256 KiB; raise ``sqs.SendFailed`` (naming
+    the ids that were sent) if SQS refused or failed any."""
     from event_streams import sqs
 
     refused = sqs.send_messages(queue_url, messages, aws_conn_id=config.AWS_CONN_ID)
     if refused:
-        raise RuntimeError(f"SQS refused {len(refused)} message(s) to {queue_url}: {refused[:3]}")
+        ids = {m for m, _ in refused}
+        raise sqs.SendFailed(f"SQS refused {len(refused)} message(s) to {queue_url}: {refused[:3]}",
+                             [m[0] for m in messages if m[0] not in ids])
 
 
 # --- Kafka ---------------------------------------------------------------------------------------------------------

@@ -86,6 +86,13 @@ def _dead_letter(outcome: InferenceOutcome, envelopes: Sequence[Envelope], reaso
         outcome.dead_letters.append(dead_letter_row(env, reason))
 
 
+def _mark_replied(engine: Engine, request_ids: list[str]) -> None:
+    if request_ids:
+        t = tables.predictions
+        with engine.begin() as conn:
+            conn.execute(update(t).where(t.c.request_id.in_(request_ids)).values(replied_at=db.utcnow()))
+
+
 def answer_requests(
     envelopes: Sequence[Envelope],
     engine: Engine,
@@ -171,11 +178,12 @@ def answer_requests(
         if answers[rid].get("replied_at") is None  # a redelivery of a request already replied to: no second reply
     ]
     if replies:
-        send_replies(replies)
-        t = tables.predictions
-        with engine.begin() as conn:
-            conn.execute(update(t).where(t.c.request_id.in_([r.correlation_id for r in replies]))
-                         .values(replied_at=db.utcnow()))
+        try:
+            send_replies(replies)
+        except Exception as exc:  # the replies sent before it failed (``exc.sent``) are not sent again by the retry
+            _mark_replied(engine, list(getattr(exc, "sent", [])))
+            raise
+        _mark_replied(engine, [r.correlation_id for r in replies])
     outcome.requests = len(answered)
     outcome.predicted = min(inserted, len(answered))
     outcome.reused = len(answered) - outcome.predicted

@@ -102,6 +102,26 @@ def test_a_request_whose_reply_was_never_sent_gets_the_stored_answer(engine: Eng
         assert conn.execute(select(inference_tables.predictions.c.replied_at)).scalar_one() is not None
 
 
+def test_a_partial_reply_send_resends_only_the_replies_that_were_not_sent(engine: Engine) -> None:
+    """SQS took the first batch of replies and failed on the second: the retry sends only the second one's."""
+    from event_streams.sqs import SendFailed
+
+    batch = [request(i, HOT if i % 2 else COOL) for i in range(15)]
+    first: list = []
+
+    def fails_after_ten(replies: list) -> None:
+        first.extend(replies[:10])
+        raise SendFailed("SQS failed to take 5 message(s)", [r.correlation_id for r in replies[:10]])
+
+    with pytest.raises(SendFailed):
+        answer_requests(batch, engine, CountingPredictor(), fails_after_ten)
+    again: list = []
+    out = answer_requests(batch, engine, CountingPredictor(), again.extend)
+    assert sorted(r.correlation_id for r in first + again) == sorted(f"req-{i}" for i in range(15))  # each once
+    assert {r.correlation_id for r in again} == {f"req-{i}" for i in range(10, 15)}
+    assert (out.replies, out.already_replied) == (5, 10)
+
+
 def test_an_events_db_of_an_older_version_gets_the_new_nullable_column(tmp_path) -> None:
     from sqlalchemy import create_engine, inspect, text
 

@@ -1,9 +1,10 @@
 """Acknowledging SQS messages from a run: delete by receipt handle, change visibility, send with attributes.
 
 Every call goes in batches of 10 (SQS's limit) through ``SqsHook``; sends also in batches of at most 256 KiB.
-``handles`` are ``(message_id, receipt_handle)`` pairs: the id is only for the log. ``safe_text`` makes any text
-(a dead letter's reason, say) acceptable as an SQS message body or attribute value. A FIFO queue (``.fifo``) gets
-each message in a group of its own, deduplicated by its id (``fifo_fields``).
+``handles`` are ``(message_id, receipt_handle)`` pairs: the id is only for the log. A message sent is ``(id, body,
+attributes)``: each attribute a String value, or a ``(data type, value)`` pair (``Number``, ``String.custom``...).
+``safe_text`` makes any text (a dead letter's reason, say) acceptable as an SQS message body or attribute value. A
+FIFO queue (``.fifo``) gets each message in a group of its own, deduplicated by its id (``fifo_fields``).
 """
 
 from __future__ import annotations
@@ -131,14 +132,25 @@ def fifo_fields(queue_url: str, message_id: str) -> dict[str, str]:
     return {"MessageGroupId": digest[:128], "MessageDeduplicationId": digest}
 
 
+class SendFailed(RuntimeError):
+    """SQS did not take every message of a send; ``sent`` are the ids of those it did take before it failed, so that
+    a caller marks them done and a retry sends only the rest."""
+
+    def __init__(self, message: str, sent: Sequence[str]) -> None:
+        super().__init__(message)
+        self.sent = list(sent)
+
+
 def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: str | None = "aws_default",
                   region_name: str | None = None) -> list[tuple[str, str]]:
-    """Send ``(id, body, string attributes)`` triples; returns ``(id, SQS's reason)`` of each one SQS refused for
-    its content (a sender fault: the others are sent all the same). A refusal on SQS's side raises."""
+    """Send ``(id, body, attributes)`` triples; returns ``(id, SQS's reason)`` of each one SQS refused for
+    its content (a sender fault: the others are sent all the same). A failure on SQS's side, or of the call, raises
+    ``SendFailed`` naming the messages sent before it."""
     if not messages:
         return []
     sqs = client(aws_conn_id, region_name)
     refused: list[tuple[str, str]] = []
+    sent: list[str] = []
     for batch in send_batches(messages):
         entries = [
             {
@@ -149,9 +161,13 @@ def send_messages(queue_url: str, messages: Sequence[Message], *, aws_conn_id: s
             }
             for i, (message_id, body, attrs) in enumerate(batch)
         ]
-        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        try:
+            response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        except Exception as exc:
+            raise SendFailed(f"sending to {queue_url} failed after {len(sent)} message(s): {exc}", sent) from exc
+        sent += [batch[int(s["Id"])][0] for s in response.get("Successful", [])]
         failed = response.get("Failed", [])
         if any(not f.get("SenderFault", True) for f in failed):
-            raise RuntimeError(f"SQS failed to take {len(failed)} message(s) to {queue_url}: {failed}")
+            raise SendFailed(f"SQS failed to take {len(failed)} message(s) to {queue_url}: {failed}", sent)
         refused += [(batch[int(f["Id"])][0], f"{f.get('Code')}: {f.get('Message')}") for f in failed]
     return refused
