@@ -14,9 +14,10 @@ message (or a URI outside the landing roots) is kept in `dead_letters` with its 
 Each loading task emits one `events_db.orders` asset event with what it loaded in its `extra` (`rows_loaded` is 0 when
 every message of its batch was dead-lettered or quarantined; a consumer that only wants new rows checks it).
 
-Delivery: messages are received **without deletion**; the run keeps them invisible for `SQS_VISIBILITY_TIMEOUT`
-seconds and deletes each by receipt handle only after its load/quarantine is committed (a bad message first goes
-to `data-deliveries-dlq` with its reason). A run that fails for good gives its messages back; after
+Delivery: messages are received **without deletion**; each task keeps its messages invisible while it works (a
+heartbeat, `SQS_HEARTBEAT_SECONDS`) and deletes each by receipt handle only after its load/quarantine is committed
+(a bad message first goes to `data-deliveries-dlq` with its reason). A task that fails for good gives back the
+messages it held; after
 `MAX_FAILED_RUNS` failed runs a message is dead-lettered with the error (README "Runs that fail for good").
 
 Example message (schema: `include/data_delivery_etl/schemas.py:DeliveryNotice`):
@@ -72,13 +73,15 @@ def data_delivery_etl() -> None:
         """Every "data ready" message of this run (all coalesced asset events): load the first `ETL_BATCH_SIZE` here;
         return the rest in batches, one `load_deliveries` task each (none, and skipped, for a small run)."""
         messages = airflow_io.run_messages(context, deliveries, source, produced_at_field="delivered_at")
-        load(messages[: settings.ETL_BATCH_SIZE], context)
+        with source.holding(airflow_io.to_envelopes(messages)):  # all of them invisible until this task ends
+            load(messages[: settings.ETL_BATCH_SIZE], context)
         return airflow_io.map_batches(messages[settings.ETL_BATCH_SIZE :], settings.ETL_BATCH_SIZE)
 
     @task(outlets=[orders_table], map_index_template="{{ batch_label }}")
     def load_deliveries(batch: list[dict[str, Any]], **context: Any) -> list[dict[str, Any]]:
         get_current_context()["batch_label"] = f"{batch[0]['message_id']} +{len(batch) - 1}"  # type: ignore[typeddict-unknown-key]
-        return load(batch, context)
+        with source.holding(airflow_io.to_envelopes(batch)):  # its own batch: a failure gives back only these
+            return load(batch, context)
 
     load_deliveries.expand(batch=load_first_batch())
 

@@ -67,12 +67,14 @@ def inference_execution() -> None:
         """Take every request of this run and answer the first `INFERENCE_BATCH_SIZE` here (a lone request needs no
         second task); return the rest in batches, one `answer_batch` task each (none, and skipped, most of the time)."""
         messages = airflow_io.run_messages(context, inference_requests, source, produced_at_field="submitted_at")
-        answer(messages[: settings.INFERENCE_BATCH_SIZE])
+        with source.holding(airflow_io.to_envelopes(messages)):  # all of them invisible until this task ends
+            answer(messages[: settings.INFERENCE_BATCH_SIZE])
         return airflow_io.map_batches(messages[settings.INFERENCE_BATCH_SIZE :], settings.INFERENCE_BATCH_SIZE)
 
     @task
     def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        return answer(batch)
+        with source.holding(airflow_io.to_envelopes(batch)):  # its own batch: a failure gives back only these
+            return answer(batch)
 
     answer_batch.expand(batch=answer_first_batch())
 

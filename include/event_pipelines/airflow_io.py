@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from typing import Any
 
 from sqlalchemy import Engine
 
 from include.event_pipelines import config, db, faults, runstats
+from include.event_pipelines.heartbeat import Holding
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,31 @@ class SqsSource:
 
     def __init__(self, queue_url: str, dlq_url: str) -> None:
         self.queue_url, self.dlq_url = queue_url, dlq_url
+        self._holding = Holding()
 
     def take(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """The run owns its messages: keep them invisible for the run's budget (the trigger received them short)."""
-        extend_sqs_visibility(self.queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
+        """Every message is the run's (the trigger's handover keeps them invisible until a task ``holding`` them)."""
         return list(envelopes)
+
+    def holding(self, envelopes: Sequence[Envelope]) -> AbstractContextManager[None]:
+        """While the block runs (a task works on ``envelopes``), keep them invisible: extended to
+        ``SQS_VISIBILITY_TIMEOUT`` now and every ``SQS_HEARTBEAT_SECONDS``, until settled or the block ends."""
+        return self._holding.hold(envelopes, self._extend, config.SQS_HEARTBEAT_SECONDS)
+
+    def held(self) -> list[Envelope] | None:
+        """What this task process holds and has not settled (None: it held nothing)."""
+        return self._holding.held()
+
+    def _extend(self, envelopes: Sequence[Envelope]) -> None:
+        extend_sqs_visibility(self.queue_url, envelopes, config.SQS_VISIBILITY_TIMEOUT)
 
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_sqs(self.queue_url, self.dlq_url, envelopes, dead_letters)
+        self._holding.release(envelopes)
 
     def give_back(self, envelopes: Sequence[Envelope]) -> None:
-        """After a run failed for good: its undeleted messages come back after SQS_REDELIVERY_DELAY_SECONDS."""
+        """After a task failed for good: the messages it held (undeleted) come back after
+        SQS_REDELIVERY_DELAY_SECONDS."""
         extend_sqs_visibility(self.queue_url, envelopes, config.SQS_REDELIVERY_DELAY_SECONDS)
 
 
@@ -71,6 +86,10 @@ class KafkaSource:
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_kafka(self.dlq_topic, envelopes, dead_letters)
 
+    def held(self) -> list[Envelope] | None:
+        """None: a Kafka run's records are the run's as a whole (its one task), nothing is held per task."""
+        return None
+
     def give_back(self, envelopes: Sequence[Envelope]) -> None:
         """Nothing to do: the watcher reads again from the committed offset (KAFKA_REDELIVERY_SECONDS)."""
         return None
@@ -84,7 +103,7 @@ def run_messages(
 ) -> list[dict[str, Any]]:
     """Every message behind this run (all coalesced asset events, or ``conf["messages"]`` for a manual run).
 
-    Takes the messages for the run (SQS: visibility extended to the run's budget; Kafka: records behind an
+    Takes the messages for the run (SQS: the task keeps them invisible with ``source.holding``; Kafka: records behind an
     unsettled one of their partition are left for a later run, see ``hold_unsettled``); dead-letters, with the last
     error, the messages that were already in ``MAX_FAILED_RUNS`` runs that failed for good (and settles them);
     logs and records the run's batch size and how long its messages waited since they were produced.
@@ -112,15 +131,19 @@ def run_messages(
 
 
 def on_failure(asset: Any, source: Source) -> Callable[[Mapping[str, Any]], None]:
-    """A task's ``on_failure_callback`` (called once its last retry failed): records the error against every message
-    of the run, then gives the messages back to the broker for redelivery. Never raises."""
+    """A task's ``on_failure_callback`` (called once its last retry failed): records the error against the messages
+    the task held and had not settled (``SqsSource.holding``: a mapped task's own batch, not its siblings'; every
+    message of the run if it held none, or if the callback runs in another process than the task, as after a
+    heartbeat timeout), then gives those back to the broker for redelivery. Never raises."""
 
     def callback(context: Mapping[str, Any]) -> None:
         from include.event_pipelines import redelivery
 
         try:
             dag_run, ti = context["dag_run"], context["ti"]
-            envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
+            held = source.held()
+            envelopes = held if held is not None else envelopes_from_asset_events(
+                context["triggering_asset_events"].get(asset, ()))
             exc = context.get("exception")
             error = f"task {ti.task_id} failed: {type(exc).__name__}: {exc}" if exc else f"task {ti.task_id} failed"
             recorded = redelivery.record_failure(

@@ -18,6 +18,9 @@ SQS_QUEUE_URL_PREFIX: str = os.getenv("SQS_QUEUE_URL_PREFIX", "http://sqs:9324/0
 
 # SQS: the run keeps its messages invisible this long (its budget) and deletes each by receipt handle once done.
 SQS_VISIBILITY_TIMEOUT: int = int(os.getenv("SQS_VISIBILITY_TIMEOUT", "300"))
+# While a task works on its messages, it extends their visibility to SQS_VISIBILITY_TIMEOUT this often (a heartbeat):
+# a task may take as long as it needs, up to SQS's cap of 12 hours from the message's receipt.
+SQS_HEARTBEAT_SECONDS: float = float(os.getenv("SQS_HEARTBEAT_SECONDS", str(SQS_VISIBILITY_TIMEOUT / 3)))
 
 
 def sqs_queue_url(queue_name: str) -> str:
@@ -45,9 +48,6 @@ def kafka_group(group_id: str) -> dict[str, str]:
     return {"group_id": group_id, "settled_conn_id": DB_CONN_ID} if streaming_kafka() else {}
 
 
-# --- runs that fail for good (README "Delivery guarantees") ---
-# A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
-# its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
 def sqs_stream_kwargs() -> dict[str, str]:
     """The streaming SQS watcher's events database (``kept_conn_id``: where it keeps the bodies too large for an
     asset event before handing their messages on, so the run can dead-letter them whole). Empty for the stock
@@ -55,6 +55,9 @@ def sqs_stream_kwargs() -> dict[str, str]:
     return {"kept_conn_id": DB_CONN_ID} if SQS_WATCHER_SCHEME == "sqs+stream" else {}
 
 
+# --- runs that fail for good (README "Delivery guarantees") ---
+# A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
+# its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
 MAX_FAILED_RUNS: int = int(os.getenv("MAX_FAILED_RUNS", "3"))
 # SQS: after a run failed for good, its undeleted messages become visible again after this long (not the run's
 # whole SQS_VISIBILITY_TIMEOUT).

@@ -44,6 +44,9 @@ class RecordingSource:
     def settle(self, envelopes: list[Envelope], dead_letters: list[dict[str, Any]]) -> None:
         self.settled.append(([e.message_id for e in envelopes], list(dead_letters)))
 
+    def held(self) -> list[Envelope] | None:
+        return None  # held nothing in this process: the callback gives back all of the run's messages
+
     def give_back(self, envelopes: list[Envelope]) -> None:
         self.given_back += [e.message_id for e in envelopes]
 
