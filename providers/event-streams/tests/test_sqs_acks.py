@@ -19,6 +19,15 @@ class FakeSqs:
         failed = [{"Id": e["Id"], "Code": "ReceiptHandleIsInvalid"} for e in Entries if e["ReceiptHandle"] == "stale"]
         return {"Successful": [e for e in Entries if e["ReceiptHandle"] != "stale"], "Failed": failed}
 
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.calls.append(("send", Entries))
+        if len(self.calls) == 2:  # the second batch: SQS takes its first entry and fails the rest on its side
+            return {"Successful": Entries[:1], "Failed": [{"Id": e["Id"], "Code": "InternalError",
+                                                           "SenderFault": False} for e in Entries[1:]]}
+        if len(self.calls) == 3:
+            raise ConnectionError("endpoint unreachable")
+        return {"Successful": Entries, "Failed": []}
+
 
 @pytest.fixture
 def made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str | None]]:
@@ -52,3 +61,14 @@ def test_deletes_go_in_batches_of_ten_and_a_stale_handle_is_only_logged(made: li
     assert sqs.delete_messages("q", handles) == 24
     fake = sqs.client("aws_default")
     assert [len(entries) for _, entries in fake.calls] == [10, 10, 5]
+
+
+def test_a_send_that_fails_on_sqs_side_names_the_messages_it_sent(made: list) -> None:
+    """The first batch went, the second only in part: the caller is told exactly which, to mark them done."""
+    messages = [(f"m{i}", "{}", {}) for i in range(25)]
+    with pytest.raises(sqs.SendFailed) as failed:
+        sqs.send_messages("q", messages)
+    assert failed.value.sent == [f"m{i}" for i in range(11)]
+    with pytest.raises(sqs.SendFailed) as unreachable:  # the call itself fails on the next batch
+        sqs.send_messages("q", messages[20:])
+    assert unreachable.value.sent == [] and isinstance(unreachable.value.__cause__, ConnectionError)
