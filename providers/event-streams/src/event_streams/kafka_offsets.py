@@ -27,7 +27,8 @@ from confluent_kafka import KafkaException, TopicPartition
 from sqlalchemy import (
     BigInteger, Column, Engine, Integer, MetaData, String, Table, and_, delete, or_, select, text, update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+
+from event_streams import schema
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,13 @@ E = TypeVar("E", bound=Envelope)
 
 def ensure_schema(engine: Engine) -> None:
     """Create ``kafka_settled`` if it is missing (idempotent; safe from first runs arriving together)."""
-    from event_streams import schema
-
     schema.create_all(metadata, engine, "event_streams.kafka_settled")
 
 
 def _ready(engine: Engine) -> Engine:
     """``engine`` with ``kafka_settled`` created, once per engine in this process."""
-    from event_streams import schema
-
     return schema.ready(metadata, engine, "event_streams.kafka_settled")
 
-
-def _insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    if rows:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        conn.execute(insert(table).on_conflict_do_nothing(), list(rows))
 
 Partition = tuple[str, int]
 Interval = tuple[int, int]  # [start, end): end is the offset after the last settled record
@@ -221,8 +213,6 @@ def group_members(consumer_config: Mapping[str, Any], timeout: float = 10.0) -> 
     return [f"{m.client_id}@{m.host}" for m in description.members]
 
 
-
-
 # --- committing ----------------------------------------------------------------------------------------------------
 def _lock(conn: Any, group_id: str) -> None:
     """Serialize committers of one group. SQLite: the first write of the transaction already holds the lock."""
@@ -237,7 +227,7 @@ def _store(conn: Any, group_id: str, intervals: Mapping[Partition, Sequence[Inte
         for (topic, partition), spans in intervals.items()
         for s, e in spans
     ]
-    _insert_ignore(conn, t, rows)
+    schema.insert_ignore(conn, t, rows)
     for r in rows:  # the same start settled again with more records behind it: keep the longer range
         conn.execute(
             update(t)
@@ -373,8 +363,8 @@ def commit_settled(
             if floor >= 0:
                 where = (t.c.group_id == group_id, t.c.topic == key[0], t.c.partition == key[1])
                 conn.execute(delete(t).where(*where, or_(t.c.end_offset <= floor, t.c.start_offset == LAST_COMMIT)))
-                _insert_ignore(conn, t, [{"group_id": group_id, "topic": key[0], "partition": key[1],
-                                          "start_offset": LAST_COMMIT, "end_offset": floor}])
+                schema.insert_ignore(conn, t, [{"group_id": group_id, "topic": key[0], "partition": key[1],
+                                                "start_offset": LAST_COMMIT, "end_offset": floor}])
     behind = {k: committed.get(k) for k in keys if k not in ahead}
     log.info("committed offsets %s; unchanged (a record before them not settled yet, or already past): %s",
              ahead, behind)

@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, Engine, MetaData, String, Table, Text, inspect, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from event_streams import payload
+from event_streams import payload, schema
 
 TABLE = payload.KEPT_BODIES_TABLE  # also the marker's value in an event's message (``payload.BODY_KEPT_IN``)
 LOOKUP_CHUNK = 500  # message ids per ``IN (...)`` query
@@ -32,18 +31,13 @@ kept_bodies = Table(
 )
 
 
-
 def ensure_schema(engine: Engine) -> None:
     """Create ``kept_bodies`` if it is missing (idempotent; safe from callers arriving together)."""
-    from event_streams import schema
-
     schema.create_all(metadata, engine, "event_streams.kept_bodies")
 
 
 def _ready(engine: Engine) -> Engine:
     """``engine`` with ``kept_bodies`` created, once per engine in this process."""
-    from event_streams import schema
-
     return schema.ready(metadata, engine, "event_streams.kept_bodies")
 
 
@@ -58,9 +52,7 @@ def keep(engine: Engine, source_queue: str, messages: Sequence[tuple[str, str]])
              "body_bytes": len(body.encode("utf-8", "surrogatepass")), "received_at": now}
             for mid, body in dict(messages).items()]
     with _ready(engine).begin() as conn:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        result = conn.execute(insert(kept_bodies).on_conflict_do_nothing(), rows)
-    return max(result.rowcount, 0)
+        return schema.insert_ignore(conn, kept_bodies, rows)
 
 
 def bodies(conn: Any, message_ids: Iterable[str]) -> dict[str, str]:
@@ -82,4 +74,3 @@ def bodies(conn: Any, message_ids: Iterable[str]) -> dict[str, str]:
         for mid, body in conn.execute(select(t.c.message_id, t.c.body).where(t.c.message_id.in_(chunk))):
             found.setdefault(mid, body)
     return found
-

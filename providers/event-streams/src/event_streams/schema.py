@@ -1,4 +1,5 @@
-"""Creating tables when several first tasks arrive together on a fresh database (a deploy): none of them may fail.
+"""The provider's tables in the events database: created safely when several first tasks arrive together on a fresh
+database (a deploy: none of them may fail), and written with ``insert_ignore``.
 
 PostgreSQL creates them in one transaction under an advisory lock (the others wait, then find them); SQLite's
 check-then-create can lose the race to a concurrent ``CREATE TABLE`` (or find its read lock not upgradable:
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from sqlalchemy import Engine, MetaData, text
+from sqlalchemy import Engine, MetaData, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 RETRYABLE = ("already exists", "duplicate", "unique", "database is locked")
 _ready: dict[str, weakref.WeakSet[Engine]] = {}  # lock name -> the engines whose tables this process created
@@ -41,3 +45,12 @@ def ready(metadata: MetaData, engine: Engine, lock_name: str) -> Engine:
         create_all(metadata, engine, lock_name)
         done.add(engine)
     return engine
+
+
+def insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert ``rows``, leaving any whose key is already there (``ON CONFLICT DO NOTHING``, PostgreSQL or SQLite);
+    returns how many were new."""
+    if not rows:
+        return 0
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return max(conn.execute(insert(table).on_conflict_do_nothing(), list(rows)).rowcount, 0)

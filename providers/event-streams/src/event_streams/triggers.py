@@ -18,7 +18,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
@@ -54,6 +55,19 @@ def _pack_until(last_event_at: float, linger_seconds: float) -> float:
     triggerer, which stores each event in its own database transaction, far from its events-per-second ceiling.
     """
     return max(time.monotonic(), last_event_at + linger_seconds)
+
+
+@contextmanager
+def _connection_engine(conn_id: str) -> Iterator[Any]:
+    """A SQLAlchemy engine for an Airflow SQL connection (the events database), disposed on leaving: a trigger
+    needs one seldom (kept bodies, the offsets committed last), so it keeps no pool between uses."""
+    from airflow.sdk import BaseHook
+
+    engine = BaseHook.get_connection(conn_id).get_hook().get_sqlalchemy_engine()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def sqs_body_bytes(message: Mapping[str, Any]) -> int:
@@ -234,16 +248,9 @@ class StreamingSqsTrigger(BaseEventTrigger):
         """``kept_bodies.keep`` in the database of ``kept_conn_id`` (committed on return; raises on failure)."""
         from event_streams.kept_bodies import keep
 
-        engine = self._kept_engine()
-        try:
+        assert self.kept_conn_id is not None
+        with _connection_engine(self.kept_conn_id) as engine:
             return keep(engine, self.sqs_queue, oversize)
-        finally:
-            engine.dispose()
-
-    def _kept_engine(self) -> Any:
-        from airflow.sdk import BaseHook
-
-        return BaseHook.get_connection(self.kept_conn_id).get_hook().get_sqlalchemy_engine()
 
     async def gather(self, client: Any) -> list[dict[str, Any]]:
         """Carried-over messages, or block (long poll) for the first ones; then pack what follows them (see
@@ -496,15 +503,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         partitions the broker has no committed offset for; ``{}`` without a ``settled_conn_id``."""
         if not self.settled_conn_id:
             return {}
-        from airflow.sdk import BaseHook
-
         from event_streams.kafka_offsets import last_commits
 
-        engine = BaseHook.get_connection(self.settled_conn_id).get_hook().get_sqlalchemy_engine()
-        try:
+        with _connection_engine(self.settled_conn_id) as engine:
             return last_commits(engine, self.group, partitions)
-        finally:
-            engine.dispose()
 
     def gather(self) -> list[Any]:
         """Carried-over records, or block up to ``poll_timeout`` for the first one; then pack what follows (see
