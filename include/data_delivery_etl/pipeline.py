@@ -330,7 +330,7 @@ def process_delivery(
                 data, remove = landed.data, _remove_landed(landed)
             else:
                 data = landing.read_remote(located, path, max_file_bytes)
-                remove = _remove_remote(path)
+                remove = path.unlink
             records = parse_orders(data, notice)
         except (landing.Refused, ChecksumMismatch) as exc:
             return _dead_letter(engine, envelope, f"message {mid}: {safe_text(str(exc), 1000)}", did)
@@ -362,13 +362,6 @@ def _remove_landed(landed: landing.LandedFile) -> Callable[[], None]:
     def remove() -> None:
         if not landed.remove():  # gone (a concurrent quarantine of the same file) or replaced by another file
             log.warning("%s: not removed from the landing folder: no longer the file that was read", landed.located.uri)
-
-    return remove
-
-
-def _remove_remote(path: Any) -> Callable[[], None]:
-    def remove() -> None:
-        path.unlink()
 
     return remove
 
