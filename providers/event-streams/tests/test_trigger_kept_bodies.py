@@ -7,6 +7,7 @@ SQLite file reached through an Airflow connection (``AIRFLOW_CONN_EVENTS_DB``), 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def test_a_database_failure_holds_the_oversize_message_back_until_it_can_be_kept
     assert [m["MessageId"] for m in batch] == ["small"]  # not handed on: it comes back after the visibility timeout
     assert not trigger._carry  # nor carried into a later event
     trigger.handed(batch)
-    assert [h for _, hs in trigger._handed for h in hs] == ["rh-small-1"]  # never extended to the run's budget
+    assert [h for _, hs in trigger._handed for _, h in hs] == ["rh-small-1"]  # never extended to the run's budget
 
     (tmp_path / "no-such-dir").mkdir()  # the database is back; SQS delivers the message again
     engine = create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'events.db'}")
@@ -178,3 +179,35 @@ def test_kept_bodies_are_found_by_message_id_in_bounded_queries(engine: Engine,
     assert kept_bodies.keep(engine, QUEUE, [(f"m{i}", f"body {i} é") for i in range(7)]) == 7
     assert kept_bodies.keep(engine, QUEUE, [("m0", "other")]) == 0  # a redelivery changes nothing
     assert kept_bodies.bodies(engine, [f"m{i}" for i in range(8)]) == {f"m{i}": f"body {i} é" for i in range(7)}
+
+
+def test_handed_over_messages_stay_invisible_until_their_run_takes_them(events_db: Engine) -> None:
+    """A run queued behind ``max_active_runs`` outlives the budget: the trigger extends its messages again on each
+    beat until the run marks them taken; then only the task's heartbeat extends them. A deleted message drops out,
+    and so does one handed out longer ago than ``handover_max_seconds``."""
+    from event_streams import taken_messages
+
+    Hook.client = Sqs()
+    trigger = StreamingSqsTrigger(sqs_queue=QUEUE, kept_conn_id="events_db", handover_after_seconds=0,
+                                  handover_visibility_timeout=300, handover_heartbeat_seconds=0.05,
+                                  handover_max_seconds=60)
+    extended: list[list[str]] = []
+
+    async def change(**kwargs: Any) -> dict[str, Any]:
+        extended.append([e["ReceiptHandle"] for e in kwargs["Entries"]])
+        return {"Successful": [{"Id": e["Id"]} for e in kwargs["Entries"] if e["ReceiptHandle"] != "rh-gone"]}
+
+    Hook.client.change_message_visibility_batch = change  # type: ignore[method-assign]
+    trigger.handed([{"MessageId": m, "ReceiptHandle": f"rh-{m}"} for m in ("queued", "taken", "gone")])
+    assert asyncio.run(trigger.hand_over(Hook.client)) == 2 and sorted(trigger._untaken) == ["queued", "taken"]
+    assert asyncio.run(trigger.keep_untaken(Hook.client)) == 0  # the beat is not due yet
+    taken_messages.mark(events_db, QUEUE, ["taken"])
+    time.sleep(0.06)
+    assert asyncio.run(trigger.keep_untaken(Hook.client)) == 1
+    assert extended[-1] == ["rh-queued"] and list(trigger._untaken) == ["queued"]
+    assert taken_messages.taken(events_db, QUEUE, ["taken"]) == set()  # its row is forgotten once seen
+    time.sleep(0.06)
+    assert asyncio.run(trigger.keep_untaken(Hook.client)) == 1 and extended[-1] == ["rh-queued"]
+    trigger.handover_max_seconds = 0  # handed out too long ago: no longer kept
+    time.sleep(0.06)
+    assert asyncio.run(trigger.keep_untaken(Hook.client)) == 0 and trigger._untaken == {}

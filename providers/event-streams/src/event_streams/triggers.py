@@ -139,6 +139,12 @@ class StreamingSqsTrigger(BaseEventTrigger):
     so (``BodyKeptIn``): the run can then delete the source message and still dead-letter its content. While that
     write fails, the message is not handed on: it stays invisible until ``visibility_timeout`` ends and comes back.
     Without ``kept_conn_id`` the body is dropped from the event and kept nowhere.
+
+    With ``kept_conn_id``, handed-over messages also stay invisible until their run takes them (a run queued behind
+    ``max_active_runs`` can wait longer than the budget): every ``handover_heartbeat_seconds`` the trigger extends,
+    to the budget again, those of its messages that no run has marked taken (``event_streams.taken_messages``),
+    for at most ``handover_max_seconds``; deleted ones drop out. From the take on, the task that holds them extends
+    their visibility itself.
     """
 
     def __init__(
@@ -156,6 +162,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
         handover_visibility_timeout: int | None = None,  # SQS_VISIBILITY_TIMEOUT, 300
         max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
         max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB
+        handover_heartbeat_seconds: float | None = None,  # SQS_HEARTBEAT_SECONDS, handover_visibility_timeout / 3
+        handover_max_seconds: float | None = None,  # SQS_HANDOVER_MAX_SECONDS, 3600
     ) -> None:
         super().__init__()
         self.sqs_queue = sqs_queue
@@ -176,8 +184,16 @@ class StreamingSqsTrigger(BaseEventTrigger):
         self.max_message_bytes = _pick(
             max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
         )
+        self.handover_heartbeat_seconds = _pick(
+            handover_heartbeat_seconds, _env_float, "SQS_HEARTBEAT_SECONDS", self.handover_visibility_timeout / 3
+        )
+        self.handover_max_seconds = _pick(handover_max_seconds, _env_float, "SQS_HANDOVER_MAX_SECONDS", 3600.0)
         self._last_event_at = 0.0
-        self._handed: deque[tuple[float, list[str]]] = deque()  # (yielded at, receipt handles), oldest first
+        # (yielded at, [(message id, receipt handle)]), oldest first: not extended to the run's budget yet
+        self._handed: deque[tuple[float, list[tuple[str, str]]]] = deque()
+        # message id -> (receipt handle, yielded at): handed over, not yet taken by a run (kept_conn_id only)
+        self._untaken: dict[str, tuple[str, float]] = {}
+        self._next_beat = 0.0
         self._carry: deque[dict[str, Any]] = deque()  # received, did not fit the last event: first in the next
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -196,6 +212,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
                 "handover_visibility_timeout": self.handover_visibility_timeout,
                 "max_event_bytes": self.max_event_bytes,
                 "max_message_bytes": self.max_message_bytes,
+                "handover_heartbeat_seconds": self.handover_heartbeat_seconds,
+                "handover_max_seconds": self.handover_max_seconds,
             },
         )
 
@@ -272,28 +290,85 @@ class StreamingSqsTrigger(BaseEventTrigger):
         return batch.items
 
     def _long_poll_seconds(self) -> int:
-        """The long poll, cut short when a handover falls due before it would end."""
-        if not self._handed:
+        """The long poll, cut short when a handover or a heartbeat falls due before it would end."""
+        due = [self._handed[0][0] + self.handover_after_seconds] if self._handed else []
+        due += [self._next_beat] if self._untaken else []
+        if not due:
             return self.wait_time_seconds
-        due = self._handed[0][0] + self.handover_after_seconds - time.monotonic()
-        return max(0, min(self.wait_time_seconds, int(due) + 1))
+        return max(0, min(self.wait_time_seconds, int(min(due) - time.monotonic()) + 1))
 
     def handed(self, batch: list[dict[str, Any]]) -> None:
         """Record that ``batch`` went out in an event (called right after the ``yield``)."""
-        self._handed.append((time.monotonic(), [m["ReceiptHandle"] for m in batch]))
+        self._handed.append((time.monotonic(), [(m["MessageId"], m["ReceiptHandle"]) for m in batch]))
+
+    async def _extend(self, client: Any, messages: list[tuple[str, str]]) -> set[str]:
+        """Extend the visibility of ``(message id, receipt handle)`` pairs to the run's budget; returns the ids
+        extended (a message already deleted by its run fails, and is not among them)."""
+        extended: set[str] = set()
+        for start in range(0, len(messages), 10):
+            chunk = dict(messages[start : start + 10])
+            entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.handover_visibility_timeout}
+                       for i, h in enumerate(chunk.values())]
+            response = await client.change_message_visibility_batch(QueueUrl=self.sqs_queue, Entries=entries)
+            ids = list(chunk)
+            extended.update(ids[int(ok["Id"])] for ok in response.get("Successful", []))
+        return extended
 
     async def hand_over(self, client: Any) -> int:
         """Extend, to the run's budget, the visibility of the messages of every event handed out long enough ago;
-        returns how many were extended (those already deleted by their run fail and are skipped)."""
+        with ``kept_conn_id`` they are then watched until taken (``keep_untaken``). Returns how many were
+        extended (those already deleted by their run fail and are skipped)."""
         extended = 0
         while self._handed and time.monotonic() - self._handed[0][0] >= self.handover_after_seconds:
-            _, handles = self._handed.popleft()
-            for start in range(0, len(handles), 10):
-                entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.handover_visibility_timeout}
-                           for i, h in enumerate(handles[start : start + 10])]
-                response = await client.change_message_visibility_batch(QueueUrl=self.sqs_queue, Entries=entries)
-                extended += len(response.get("Successful", []))
+            at, messages = self._handed.popleft()
+            done = await self._extend(client, messages)
+            extended += len(done)
+            if self.kept_conn_id:
+                if not self._untaken:
+                    self._next_beat = time.monotonic() + self.handover_heartbeat_seconds
+                self._untaken.update((mid, (h, at)) for mid, h in messages if mid in done)
         return extended
+
+    async def keep_untaken(self, client: Any) -> int:
+        """Every ``handover_heartbeat_seconds``: forget the handed-over messages that a run has taken (its task
+        extends them now) or that were handed out more than ``handover_max_seconds`` ago; extend the others to the
+        run's budget again. Returns how many were extended. The database is asked in a thread."""
+        if not self._untaken or time.monotonic() < self._next_beat:
+            return 0
+        now = time.monotonic()
+        self._next_beat = now + self.handover_heartbeat_seconds
+        ids = list(self._untaken)
+        try:
+            taken = await asyncio.to_thread(self._taken, ids)
+        except Exception:  # the database is away: extend them all this time (never lose a message to a run)
+            self.log.warning("SQS %s: could not ask %r which messages were taken", self.sqs_queue,
+                             self.kept_conn_id, exc_info=True)
+            taken = set()
+        expired = [mid for mid, (_, at) in self._untaken.items() if now - at > self.handover_max_seconds]
+        if expired:
+            self.log.warning("SQS %s: %d message(s) handed out %ss ago were never taken by a run; no longer kept "
+                             "invisible: %s", self.sqs_queue, len(expired), self.handover_max_seconds, expired[:5])
+        for mid in taken | set(expired):
+            self._untaken.pop(mid, None)
+        pending = [(mid, handle) for mid, (handle, _) in self._untaken.items()]
+        done = await self._extend(client, pending)
+        for mid, _ in pending:
+            if mid not in done:  # deleted (settled before its run marked it, e.g. dead-lettered), or handle stale
+                self._untaken.pop(mid, None)
+        return len(done)
+
+    def _taken(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` a run has taken; forgets those rows (and stale ones) in the events database."""
+        from datetime import timedelta
+
+        from event_streams import taken_messages
+
+        assert self.kept_conn_id is not None
+        with _connection_engine(self.kept_conn_id) as engine:
+            taken = taken_messages.taken(engine, self.sqs_queue, ids)
+            taken_messages.forget(engine, self.sqs_queue, taken, older_than=timedelta(
+                seconds=2 * self.handover_max_seconds))
+        return taken
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.sqs import SqsHook
@@ -310,6 +385,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
                             yield TriggerEvent({"status": "success", payload.MESSAGE_BATCH: batch})
                             self.handed(batch)
                         await self.hand_over(client)
+                        await self.keep_untaken(client)
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception:
