@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
@@ -46,8 +47,13 @@ class SqsSource:
         self.queue_url, self.dlq_url = queue_url, dlq_url
         self._holding = Holding()
 
-    def take(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Every message is the run's (the trigger's handover keeps them invisible until a task ``holding`` them)."""
+    def take(self, envelopes: Sequence[Envelope], dag_id: str) -> list[Envelope]:
+        """Every message is the run's. Marks them taken (``event_streams.taken_messages``): the streaming trigger
+        kept them invisible until now (the run may have been queued), the task ``holding`` them does from now on."""
+        if config.SQS_WATCHER_SCHEME == "sqs+stream":
+            from event_streams import taken_messages
+
+            taken_messages.mark(engine(), self.queue_url, [e.message_id for e in envelopes if e.source == "sqs"])
         return list(envelopes)
 
     def holding(self, envelopes: Sequence[Envelope]) -> AbstractContextManager[None]:
@@ -78,10 +84,13 @@ class KafkaSource:
     def __init__(self, dlq_topic: str) -> None:
         self.dlq_topic = dlq_topic
 
-    def take(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """The records this run may apply now: not those behind an earlier record of their partition that no run
-        has settled yet (a run failed on it); the watcher reads them again after it (``hold_unsettled``)."""
-        return hold_unsettled(envelopes) if config.streaming_kafka() else list(envelopes)
+    def take(self, envelopes: Sequence[Envelope], dag_id: str) -> list[Envelope]:
+        """The records this run may apply now, once the runs before it settled theirs: not those behind an earlier
+        record of their partition that no run has settled (a run failed on it); the watcher reads them again after
+        it (``hold_unsettled``)."""
+        if not config.streaming_kafka():
+            return list(envelopes)
+        return hold_unsettled(envelopes, dag_id, config.KAFKA_ORDER_WAIT_SECONDS)
 
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_kafka(self.dlq_topic, envelopes, dead_letters)
@@ -113,7 +122,7 @@ def run_messages(
     dag_run = context["dag_run"]
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
     envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
-    envelopes = source.take(envelopes)
+    envelopes = source.take(envelopes, dag_run.dag_id)
     envelopes, exhausted = redelivery.split_exhausted(engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS)
     if exhausted:
         letters = [dead_letter_row(x.envelope, x.reason) for x in exhausted]
@@ -353,16 +362,17 @@ def _group_consumer(group: str | None, envelopes: Sequence[Envelope]) -> Iterato
         consumer.close()
 
 
-def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
+def hold_unsettled(envelopes: Sequence[Envelope], dag_id: str = "", wait_seconds: float = 0.0) -> list[Envelope]:
     """The run's messages without the Kafka records that would overtake an unsettled one.
 
-    Per-partition order is the contract (the key picks the partition): when a run failed for good, the records of
-    the runs after it must not be applied before its own. A record is held when an offset before it in its
-    partition is neither settled (``kafka_settled`` and the committed offset) nor in this run
-    (``event_streams.kafka_offsets.in_order``). Held records are not settled, so the committed offset stays and the
-    watcher reads them again, after the failed run's records, once it has stood still for
-    ``KAFKA_REDELIVERY_SECONDS``. Other partitions go on. What the runs committed (the events database) usually
-    settles the question; the broker is asked only when it does not.
+    Per-partition order is the contract (the key picks the partition): a record is applied only after every record
+    before it in its partition. A record is late when an offset before it is neither settled (``kafka_settled`` and
+    the committed offset) nor in this run (``event_streams.kafka_offsets.in_order``). Runs overlap
+    (``max_active_runs`` > 1), so a late record is usually in the run before this one, still working: this run waits
+    for it to settle (``_await_earlier_runs``, at most ``wait_seconds``). What is still late then (a run failed on
+    it) is held: not settled, so the committed offset stays and the watcher reads it again, after the failed run's
+    records, once it has stood still for ``KAFKA_REDELIVERY_SECONDS``. What the runs committed (the events database)
+    usually settles the question, waiting included; the broker is asked only when it does not.
     """
     from event_streams.kafka_offsets import in_order, settled_in_database, settled_through
 
@@ -370,18 +380,58 @@ def hold_unsettled(envelopes: Sequence[Envelope]) -> list[Envelope]:
     for group, members in _by_group(envelopes).items():
         partitions = {(e.topic, e.partition) for e in members if e.partition is not None}
         known = settled_in_database(engine(), group, partitions) if group else {}
-        if known.keys() >= partitions and not in_order(members, known)[1]:
-            continue  # all of them follow what the runs committed: nothing to hold, no broker call
+        waited = False
+        if known.keys() >= partitions:  # the runs' own records answer: no broker call unless still late after
+            late = in_order(members, known)[1]
+            if late and group and wait_seconds > 0:
+                late, waited = _await_earlier_runs(group, members, known, dag_id, wait_seconds), True
+            if not late:
+                continue
         with _group_consumer(group, members) as (consumer, hook):
             through = settled_through(engine(), consumer, hook.effective_config["group.id"], partitions,
                                       from_beginning=hook.from_beginning)
-        held += in_order(members, through)[1]
+        late = in_order(members, through)[1]
+        if late and group and wait_seconds > 0 and not waited:
+            late = _await_earlier_runs(group, members, through, dag_id, wait_seconds)
+        held += late
     if not held:
         return list(envelopes)
     log.warning("held %d record(s) behind an earlier record of their partition that no run has settled yet; the "
                 "watcher reads them again after it: %s", len(held), [e.message_id for e in held[:5]])
     skip = {id(e) for e in held}
     return [e for e in envelopes if id(e) not in skip]
+
+
+def _await_earlier_runs(group: str, members: Sequence[Envelope], through: Mapping[tuple[str, int], int],
+                        dag_id: str, wait_seconds: float, poll_seconds: float = 0.2) -> list[Envelope]:
+    """The records of ``members`` still late once the runs before this one have settled theirs (the events
+    database, polled every ``poll_seconds``). Stops waiting after ``wait_seconds``, or as soon as a record before a
+    late one in its partition is unsettled because its run of this DAG failed for good (``message_failures``): it
+    comes back only when the watcher reads it again, so waiting would gain nothing."""
+    from event_streams.kafka_offsets import in_order, settled_in_database
+
+    from include.event_pipelines import redelivery
+
+    started = time.monotonic()
+    partitions = {(e.topic, e.partition) for e in members if e.topic is not None and e.partition is not None}
+    while True:
+        known = settled_in_database(engine(), group, partitions)
+        reach = {key: max(through.get(key, -1), known.get(key, -1)) for key in through.keys() | known.keys()}
+        late = in_order(members, reach)[1]
+        first_late: dict[tuple[str, int], int] = {}
+        for e in late:
+            if e.topic is not None and e.partition is not None and e.offset is not None:
+                key = (e.topic, e.partition)
+                first_late[key] = min(first_late.get(key, e.offset), e.offset)
+        failed = redelivery.failed_offsets(engine(), dag_id, first_late) if first_late else {}
+        blocked = any(reach.get(key, 0) <= offset < first_late[key] for key, offs in failed.items() for offset in offs)
+        waited = time.monotonic() - started
+        if not late or blocked or waited >= wait_seconds:
+            if waited >= poll_seconds:
+                log.info("waited %.1fs for the runs before this one to settle their records; %d still late%s",
+                         waited, len(late), " (behind a run that failed for good)" if blocked else "")
+            return late
+        time.sleep(poll_seconds)
 
 
 def commit_kafka_offsets(envelopes: Sequence[Envelope]) -> dict[tuple[str, int], int]:

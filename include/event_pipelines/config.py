@@ -64,6 +64,10 @@ MAX_FAILED_RUNS: int = int(os.getenv("MAX_FAILED_RUNS", "3"))
 SQS_REDELIVERY_DELAY_SECONDS: int = int(os.getenv("SQS_REDELIVERY_DELAY_SECONDS", "30"))
 # Kafka: the streaming watcher reads again from a committed offset that stayed behind it for
 # KAFKA_REDELIVERY_SECONDS (default 120; read by the trigger, providers/event-streams).
+# Kafka, runs that overlap (max_active_runs > 1): a run whose records follow records of the run before it (same
+# partition) waits this long at most for that run to settle them before applying its own; what is still unsettled
+# then is held (airflow_io.hold_unsettled). A run that failed for good ends the wait at once.
+KAFKA_ORDER_WAIT_SECONDS: float = float(os.getenv("KAFKA_ORDER_WAIT_SECONDS", "120"))
 
 # --- bounds on what one message and one asset event may carry ---
 MAX_MESSAGE_BYTES: int = int(os.getenv("MAX_MESSAGE_BYTES", str(256 * 1024)))  # larger: dead-lettered

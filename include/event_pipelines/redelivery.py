@@ -6,7 +6,7 @@ first task dead-letters it with the last error once it has been in ``max_failed_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,6 +54,21 @@ def failures(engine: Engine, dag_id: str, message_ids: Sequence[str]) -> dict[st
             for mid, at, reason in rows:
                 seen.setdefault(mid, []).append((at, reason))
     return {mid: (len(rs), max(rs)[1]) for mid, rs in seen.items()}
+
+
+def failed_offsets(engine: Engine, dag_id: str, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], set[int]]:
+    """Per Kafka partition, the offsets of its records that were in runs of ``dag_id`` that failed for good (Kafka
+    message ids are ``topic/partition/offset``)."""
+    t = db.message_failures
+    found: dict[tuple[str, int], set[int]] = {}
+    with engine.connect() as conn:
+        for topic, partition in sorted(set(partitions)):
+            prefix = f"{topic}/{partition}/"
+            rows = conn.execute(select(t.c.message_id).where(t.c.dag_id == dag_id, t.c.message_id.like(f"{prefix}%")))
+            offsets = {int(mid[len(prefix):]) for (mid,) in rows if mid.startswith(prefix) and mid[len(prefix):].isdigit()}
+            if offsets:
+                found[(topic, partition)] = offsets
+    return found
 
 
 def split_exhausted(

@@ -1,5 +1,6 @@
 """SQS visibility follows the work, on the real stack (`make test-faults`): a task longer than the visibility budget
-keeps its messages, and a mapped task that fails for good gives back only its own batch while a sibling works on.
+keeps its messages, a mapped task that fails for good gives back only its own batch while a sibling works on, and
+a run queued behind ``max_active_runs`` for longer than the budget keeps its messages until it takes them.
 
 The model endpoint is a real HTTP server of this module on 127.0.0.1:8000, where the stack's ``inference_endpoint``
 connection points (``INFERENCE_BACKEND=http``): a request with
@@ -18,11 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, text
 
-from devstack import publish
+from devstack import publish, summary
 from devstack.publish import OutMessage
-from devstack.testing import Stack
+from devstack.testing import Stack, wait_for
 from include.event_pipelines import db
 from include.inference_execution.schemas import InferenceRequest, MachineFeatures
 
@@ -105,3 +106,32 @@ def test_a_slow_task_keeps_its_messages_and_a_failing_sibling_gives_back_only_it
     assert named["fails"] == 2
     [failed_id] = [m for m, n in by_name.items() if n == "fails"]
     assert set(letters) == {failed_id} and "task answer_batch failed" in letters[failed_id], letters
+
+
+def test_a_run_queued_longer_than_the_budget_keeps_its_messages_until_it_takes_them(
+        endpoint: type[_Model], stack: Stack, report_line) -> None:
+    """Four runs wait on slow requests (``max_active_runs=4``); a fifth request's run is queued behind them for
+    about ``SLOW_S`` s on a 20 s budget. The trigger extends that message on its heartbeat until the run marks it
+    taken: one asset event, one reply, no redelivery; the four slow requests are answered once each too."""
+    queue_url = stack.target.queue_url("inference-requests")
+    airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    running = text("SELECT COUNT(*) FROM dag_run WHERE dag_id = 'inference_execution' AND state = 'running'")
+    with airflow.connect() as conn:  # the test before this one has left nothing running
+        assert wait_for(lambda: conn.execute(running).scalar_one() == 0, timeout=120)
+    records = []
+    for i in range(4):  # one run each: the next is published once the run before it is running
+        records += publish.send_sqs("inference", stack.sqs(), queue_url, [_request("queued", f"slow{i}", 1111)])
+        with airflow.connect() as conn:
+            assert wait_for(lambda: conn.execute(running).scalar_one() == i + 1, timeout=60), f"run {i + 1} not running"
+    [queued] = publish.send_sqs("inference", stack.sqs(), queue_url, [_request("queued", "behind", 3000)])
+    report = stack.collect(records + [queued], timeout=SLOW_S + 180, until_finished=False)
+    assert not report.missing, report.missing
+    assert (report.outputs["replies"], report.outputs["reply_duplicates"], report.outputs["dead_lettered"]) == (5, 0, 0)
+    deliveries = stack.deliveries("inference_execution", {r["message_id"] for r in records + [queued]})
+    timeline, _ = summary.timeline(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], "inference_execution")
+    waited = timeline[queued["message_id"]]["start"] - timeline[queued["message_id"]]["event"]
+    report_line(f"faults visibility: a run queued {waited:.0f}s behind max_active_runs on a {BUDGET_S}s budget: "
+                f"deliveries {sorted(deliveries.values())}, replies {report.outputs['replies']}")
+    # the case happened: the queued run started later than the handover (10 s) plus the budget after its event
+    assert waited > BUDGET_S + 10, waited
+    assert set(deliveries.values()) == {1}, deliveries  # nothing came back to the trigger: no second event

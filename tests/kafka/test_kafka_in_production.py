@@ -109,8 +109,9 @@ def test_a_devices_readings_stay_in_order_when_a_run_between_them_fails_for_good
     retrying = text("SELECT COUNT(*) FROM task_instance WHERE dag_id = 'iot_alerting' AND state = 'up_for_retry'")
     with airflow.connect() as conn:
         assert wait_for(lambda: conn.execute(retrying).scalar_one(), timeout=120), "the first run never failed"
-    # while the first run retries, the later readings arrive: their run waits behind it (max_active_runs=1) and
-    # starts once it has failed for good, before the watcher reads the failed readings again
+    # while the first run retries, the later readings arrive: their run starts beside it (max_active_runs=2) and
+    # waits for it; once it has failed for good, the later run holds them, before the watcher reads the failed
+    # readings again
     second = publish.send_kafka("iot", producer, "iot-readings", messages[4:])
     ids = {r["message_id"] for r in first}
     assert wait_for(lambda: set(_failed_runs(stack, ids)) == ids, timeout=180)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy import Engine
 
 from include.event_pipelines import airflow_io
 from include.event_pipelines.heartbeat import Holding
@@ -76,3 +77,16 @@ def test_a_mapped_task_that_fails_gives_back_only_its_own_unsettled_batch(monkey
     assert sibling.held() == []
     assert (["m1", "m2", "m3"], airflow_io.config.SQS_VISIBILITY_TIMEOUT) in extended  # held at once, for the budget
     assert airflow_io.KafkaSource("dlq").held() is None
+
+
+def test_taking_a_runs_messages_marks_them_taken_for_the_trigger(engine: Engine, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The run's first task takes its messages: the streaming trigger, which kept them invisible while the run was
+    queued, stops extending them (``event_streams.taken_messages``); the task's own hold does from now on."""
+    from event_streams import taken_messages
+
+    monkeypatch.setattr(airflow_io, "engine", lambda: engine)
+    envelopes = [Envelope(source="sqs", message_id=f"m{i}", body="{}", receipt_handle=f"rh-{i}") for i in range(3)]
+    assert airflow_io.SqsSource("q", "dlq").take(envelopes, "inference_execution") == envelopes
+    assert taken_messages.taken(engine, "q", ["m0", "m1", "m2", "m3"]) == {"m0", "m1", "m2"}
+    assert taken_messages.taken(engine, "other-queue", ["m0"]) == set()

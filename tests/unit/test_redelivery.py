@@ -37,7 +37,7 @@ class RecordingSource:
         self.settled: list[tuple[list[str], list[dict[str, Any]]]] = []
         self.given_back: list[str] = []
 
-    def take(self, envelopes: list[Envelope]) -> list[Envelope]:
+    def take(self, envelopes: list[Envelope], dag_id: str) -> list[Envelope]:
         self.taken += [e.message_id for e in envelopes]
         return list(envelopes)
 
