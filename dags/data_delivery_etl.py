@@ -61,7 +61,7 @@ source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
     schedule=[deliveries],
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=2,
+    max_active_runs=4,
     doc_md=__doc__,
     default_args={"owner": "data-platform", "retries": 3, "retry_delay": duration(seconds=10),
                   "on_failure_callback": airflow_io.on_failure(deliveries, source)},
