@@ -124,8 +124,8 @@ def run_and_task_states(airflow: Engine, dag_id: str, run_ids: set[str]) -> tupl
 def _present(events: Engine, column: Any, values: Sequence[str]) -> set[str]:
     found: set[str] = set()
     with events.connect() as conn:
-        for start in range(0, len(values), 500):
-            found |= set(conn.execute(select(column).where(column.in_(values[start : start + 500]))).scalars())
+        for chunk in db.chunked(values):
+            found |= set(conn.execute(select(column).where(column.in_(chunk))).scalars())
     return found
 
 

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from include.data_delivery_etl import landing, settings, tables
 from include.data_delivery_etl.landing import StoragePath, safe_text
@@ -169,8 +168,7 @@ def upsert_newer_orders(conn: Connection, records: Sequence[dict[str, object]]) 
     if not records:
         return
     t = tables.orders
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(t)
+    stmt = db.dialect_insert(conn, t)
     new = stmt.excluded
     newer = or_(
         new.delivered_at > t.c.delivered_at,

@@ -171,18 +171,13 @@ def to_envelopes(items: Sequence[Mapping[str, Any]]) -> list[Envelope]:
     return [Envelope.model_validate(i) for i in items]
 
 
-def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
-    """Split a run's messages into bounded batches (one mapped task each)."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
 def map_batches(items: Sequence[Any], size: int) -> list[list[Any]]:
     """Batches of at most ``size`` items for ``.expand()``, never more than ``[core] max_map_length`` of them
     (Airflow fails a run that maps more): with more items than ``size * max_map_length`` the batches grow."""
     from airflow.configuration import conf
 
     limit = conf.getint("core", "max_map_length")
-    return chunks(items, max(size, -(-len(items) // limit)))
+    return db.chunked(items, max(size, -(-len(items) // limit)))
 
 
 # --- SQS: the acknowledgement calls are the provider's (providers/event-streams, event_streams.sqs) ---------------

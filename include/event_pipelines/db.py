@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from event_streams.schema import chunked, dialect_insert, insert_ignore
 from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -137,21 +137,16 @@ def configure_sqlite(engine: Engine) -> Engine:
     return engine
 
 
-def insert_ignore(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Insert rows, skipping any whose primary key exists; return how many were new."""
-    if not rows:
-        return 0
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    result = conn.execute(insert(table).on_conflict_do_nothing(), list(rows))
-    return max(result.rowcount, 0)
+# The provider's SQL helpers (event_streams.schema), one place for the project: the dialect's insert, insert-ignore,
+# and bounded IN (...) lists.
+__all__ = ["chunked", "dialect_insert", "insert_ignore", "upsert"]
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert rows, replacing the non-key columns of rows whose primary key exists."""
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table)
+    stmt = dialect_insert(conn, table)
     keys = [c.name for c in table.primary_key.columns]
     updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
     conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates), list(rows))

@@ -43,13 +43,10 @@ def failures(engine: Engine, dag_id: str, message_ids: Sequence[str]) -> dict[st
     """Per message id that was in failed runs: how many, and the latest reason."""
     t = db.message_failures
     seen: dict[str, list[tuple[datetime, str]]] = {}
-    ids = sorted(set(message_ids))
     with engine.connect() as conn:
-        for start in range(0, len(ids), 500):
+        for chunk in db.chunked(sorted(set(message_ids))):
             rows = conn.execute(
-                select(t.c.message_id, t.c.failed_at, t.c.reason).where(
-                    t.c.dag_id == dag_id, t.c.message_id.in_(ids[start : start + 500])
-                )
+                select(t.c.message_id, t.c.failed_at, t.c.reason).where(t.c.dag_id == dag_id, t.c.message_id.in_(chunk))
             )
             for mid, at, reason in rows:
                 seen.setdefault(mid, []).append((at, reason))

@@ -16,8 +16,8 @@ from airflow.models.asset import AssetDagRunQueue, AssetEvent, DagScheduleAssetR
 from airflow.models.dagrun import DagRun
 from airflow.utils.types import DagRunType
 from airflow.utils import timezone
-from sqlalchemy import func, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from event_streams.schema import insert_ignore_statement
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,7 @@ def requeue_stranded_events(session: Session, dag_id: str) -> list[int]:
 
 
 def _insert_ignore(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(AssetDagRunQueue).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(AssetDagRunQueue).on_conflict_do_nothing()
-    return insert(AssetDagRunQueue).prefix_with("IGNORE")  # MySQL
+    return insert_ignore_statement(session.get_bind().dialect.name, AssetDagRunQueue.__table__)
 
 
 def _on_run_state(dag_run: Any) -> None:

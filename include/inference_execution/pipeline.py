@@ -61,8 +61,7 @@ class _Request:
 def _stored(conn: Connection, request_ids: list[str]) -> dict[str, dict[str, object]]:
     t = tables.predictions
     found: dict[str, dict[str, object]] = {}
-    for start in range(0, len(request_ids), 500):
-        chunk = request_ids[start : start + 500]
+    for chunk in db.chunked(request_ids):
         for row in conn.execute(select(t).where(t.c.request_id.in_(chunk))).mappings():
             found[row["request_id"]] = dict(row)
     return found

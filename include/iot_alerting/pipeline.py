@@ -57,10 +57,8 @@ def _load_states(engine: Engine, keys: set[tuple[str, str]]) -> dict[tuple[str, 
         return {}
     t = tables.iot_device_state
     states: dict[tuple[str, str], DeviceState] = {}
-    key_list = sorted(keys)
     with engine.connect() as conn:
-        for start in range(0, len(key_list), 500):
-            chunk = key_list[start : start + 500]
+        for chunk in db.chunked(sorted(keys)):
             rows = conn.execute(select(t).where(tuple_(t.c.device_id, t.c.sensor).in_(chunk))).mappings()
             for r in rows:
                 states[(r["device_id"], r["sensor"])] = DeviceState(

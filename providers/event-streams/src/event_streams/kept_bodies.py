@@ -16,7 +16,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Engine, MetaData, String, T
 from event_streams import payload, schema
 
 TABLE = payload.KEPT_BODIES_TABLE  # also the marker's value in an event's message (``payload.BODY_KEPT_IN``)
-LOOKUP_CHUNK = 500  # message ids per ``IN (...)`` query
+LOOKUP_CHUNK = schema.IN_CHUNK  # message ids per ``IN (...)`` query
 
 metadata = MetaData()
 
@@ -69,8 +69,7 @@ def bodies(conn: Any, message_ids: Iterable[str]) -> dict[str, str]:
         return {}
     t = kept_bodies
     found: dict[str, str] = {}
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        chunk = ids[start : start + LOOKUP_CHUNK]
+    for chunk in schema.chunked(ids, LOOKUP_CHUNK):
         for mid, body in conn.execute(select(t.c.message_id, t.c.body).where(t.c.message_id.in_(chunk))):
             found.setdefault(mid, body)
     return found

@@ -1,5 +1,8 @@
-"""The provider's tables in the events database: created safely when several first tasks arrive together on a fresh
-database (a deploy: none of them may fail), and written with ``insert_ignore``.
+"""The provider's tables in the events database, and the SQL helpers the project's pipelines share with it.
+
+Tables are created safely when several first tasks arrive together on a fresh database (a deploy: none of them may
+fail). Writes go through ``dialect_insert`` / ``insert_ignore`` (PostgreSQL or SQLite), reads of many keys through
+``chunked`` (bounded ``IN (...)`` lists).
 
 PostgreSQL creates them in one transaction under an advisory lock (the others wait, then find them); SQLite's
 check-then-create can lose the race to a concurrent ``CREATE TABLE`` (or find its read lock not upgradable:
@@ -10,11 +13,14 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, MetaData, Table, text
+from sqlalchemy import Engine, MetaData, Table, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
+
+T = TypeVar("T")
+IN_CHUNK = 500  # keys per ``IN (...)`` list: well under SQLite's 32,766 bound parameters and PostgreSQL's 65,535
 
 RETRYABLE = ("already exists", "duplicate", "unique", "database is locked")
 _ready: dict[str, weakref.WeakSet[Engine]] = {}  # lock name -> the engines whose tables this process created
@@ -47,10 +53,31 @@ def ready(metadata: MetaData, engine: Engine, lock_name: str) -> Engine:
     return engine
 
 
+def dialect_insert(conn: Any, table: Table) -> Any:
+    """``INSERT INTO table`` in the connection's dialect (PostgreSQL, else SQLite): the construct that takes
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def insert_ignore_statement(dialect: str, table: Table) -> Any:
+    """An insert that leaves rows whose key is already there: ``ON CONFLICT DO NOTHING`` (PostgreSQL, SQLite),
+    ``INSERT IGNORE`` (MySQL, for Airflow's own metadata database)."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return insert(table).prefix_with("IGNORE")
+
+
 def insert_ignore(conn: Any, table: Table, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert ``rows``, leaving any whose key is already there (``ON CONFLICT DO NOTHING``, PostgreSQL or SQLite);
     returns how many were new."""
     if not rows:
         return 0
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    return max(conn.execute(insert(table).on_conflict_do_nothing(), list(rows)).rowcount, 0)
+    return max(conn.execute(dialect_insert(conn, table).on_conflict_do_nothing(), list(rows)).rowcount, 0)
+
+
+def chunked(items: Iterable[T], size: int = IN_CHUNK) -> list[list[T]]:
+    """``items`` in lists of at most ``size``, in order (bounded ``IN (...)`` lists, SQS's batches of 10...)."""
+    values = list(items)
+    return [values[i : i + size] for i in range(0, len(values), size)]

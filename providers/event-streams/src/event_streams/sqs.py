@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from event_streams import schema
+
 log = logging.getLogger(__name__)
 
 BATCH = 10
@@ -67,8 +69,8 @@ def client(aws_conn_id: str | None = "aws_default", region_name: str | None = No
     return _clients[key]
 
 
-def _batches(items: Sequence[Any]) -> list[Sequence[Any]]:
-    return [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+def _batches(items: Sequence[Any]) -> list[list[Any]]:
+    return schema.chunked(items, BATCH)
 
 
 def delete_messages(queue_url: str, handles: Sequence[tuple[str, str]], *, aws_conn_id: str | None = "aws_default",

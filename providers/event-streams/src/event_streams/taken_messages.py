@@ -15,8 +15,6 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete
 
 from event_streams import schema
 
-CHUNK = 500  # message ids per ``IN (...)`` statement
-
 metadata = MetaData()
 
 taken_messages = Table(
@@ -32,11 +30,6 @@ def _ready(engine: Engine) -> Engine:
     return schema.ready(metadata, engine, "event_streams.taken_messages")
 
 
-def _chunks(ids: Iterable[str]) -> list[list[str]]:
-    unique = sorted(set(ids))
-    return [unique[i : i + CHUNK] for i in range(0, len(unique), CHUNK)]
-
-
 def mark(engine: Engine, source_queue: str, message_ids: Iterable[str]) -> int:
     """Record that a run took these messages of ``source_queue`` (committed on return); returns how many were new."""
     now = datetime.now(timezone.utc)
@@ -50,7 +43,7 @@ def taken(engine: Engine, source_queue: str, message_ids: Iterable[str]) -> set[
     t = taken_messages
     found: set[str] = set()
     with _ready(engine).connect() as conn:
-        for chunk in _chunks(message_ids):
+        for chunk in schema.chunked(sorted(set(message_ids))):
             found.update(conn.execute(select(t.c.message_id).where(
                 t.c.source_queue == source_queue, t.c.message_id.in_(chunk))).scalars())
     return found
@@ -62,6 +55,6 @@ def forget(engine: Engine, source_queue: str, message_ids: Iterable[str], older_
     t = taken_messages
     cutoff = datetime.now(timezone.utc) - older_than
     with _ready(engine).begin() as conn:
-        for chunk in _chunks(message_ids):
+        for chunk in schema.chunked(sorted(set(message_ids))):
             conn.execute(delete(t).where(t.c.source_queue == source_queue, t.c.message_id.in_(chunk)))
         conn.execute(delete(t).where(t.c.source_queue == source_queue, t.c.taken_at < cutoff))

@@ -25,7 +25,7 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from event_streams import payload
+from event_streams import payload, schema
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +305,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
         """Extend the visibility of ``(message id, receipt handle)`` pairs to the run's budget; returns the ids
         extended (a message already deleted by its run fails, and is not among them)."""
         extended: set[str] = set()
-        for start in range(0, len(messages), 10):
-            chunk = dict(messages[start : start + 10])
+        for pairs in schema.chunked(messages, 10):
+            chunk = dict(pairs)
             entries = [{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": self.handover_visibility_timeout}
                        for i, h in enumerate(chunk.values())]
             response = await client.change_message_visibility_batch(QueueUrl=self.sqs_queue, Entries=entries)
