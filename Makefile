@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
+.PHONY: venv lint test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-stream
 ## venv: the project's virtualenv (.devstack/venv) with pinned requirements
 venv: $(VENV)/.installed
 
-## test: Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/ and providers/
-test: venv
+## lint: ruff (style, imports, likely bugs) over the repository and mypy over include/ and the provider (pyproject.toml)
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## test: lint, Astro's DAG integrity test (astro dev parse) in its own process, then every test in tests/ and providers/
+test: venv lint
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
 	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/faults --ignore=tests/copy --ignore=tests/ha --ignore=tests/kafka

@@ -143,7 +143,7 @@ def read_and_settle(bootstrap: str, topic: str, visible: int, cycles: int, redel
         drain()
         now = time.monotonic()
         trigger.redeliver(now)
-        for cycle in range(cycles):  # the trigger's clock moved on by one redelivery period each time
+        for _ in range(cycles):  # the trigger's clock moved on by one redelivery period each time
             now += redelivery_seconds + 1
             trigger.redeliver(now)
             drain()

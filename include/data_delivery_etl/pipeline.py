@@ -17,9 +17,9 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -128,7 +128,7 @@ def parse_orders(data: bytes, notice: DeliveryNotice) -> list[dict[str, object]]
             records.append(row.to_record(notice.delivery_id, notice.sha256))
     except InvalidFile:
         raise
-    except (csv.Error, *CONTENT_ERRORS) as exc:  # e.g. a field over csv's limit, a timestamp that overflows in UTC
+    except CONTENT_ERRORS + (csv.Error,) as exc:  # e.g. a field over csv's limit, a timestamp that overflows in UTC
         raise InvalidFile(f"line {reader.line_num}: {type(exc).__name__}: {safe_text(str(exc), 200)}") from None
     if len(records) != notice.row_count:
         raise InvalidFile(f"file has {len(records)} data rows, message says {notice.row_count}")
@@ -386,7 +386,7 @@ def render_csv(records: list[dict[str, str]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def summarize(outcomes: list[dict[str, object]]) -> dict[str, object]:
+def summarize(outcomes: Sequence[Mapping[str, Any]]) -> dict[str, object]:
     """Totals of a loading task's outcomes: the extra of the ``events_db.orders`` asset event it emits."""
     by_status: dict[str, int] = {}
     for o in outcomes:

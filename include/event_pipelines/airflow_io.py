@@ -373,7 +373,7 @@ def hold_unsettled(envelopes: Sequence[Envelope], dag_id: str = "", wait_seconds
 
     held: list[Envelope] = []
     for group, members in _by_group(envelopes).items():
-        partitions = {(e.topic, e.partition) for e in members if e.partition is not None}
+        partitions = {(e.topic, e.partition) for e in members if e.topic is not None and e.partition is not None}
         known = settled_in_database(engine(), group, partitions) if group else {}
         waited = False
         if known.keys() >= partitions:  # the runs' own records answer: no broker call unless still late after
@@ -404,7 +404,6 @@ def _await_earlier_runs(group: str, members: Sequence[Envelope], through: Mappin
     late one in its partition is unsettled because its run of this DAG failed for good (``message_failures``): it
     comes back only when the watcher reads it again, so waiting would gain nothing."""
     from event_streams.kafka_offsets import in_order, settled_in_database
-
     from include.event_pipelines import redelivery
 
     started = time.monotonic()

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from event_streams.schema import chunked, dialect_insert, insert_ignore
 from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
+
+from event_streams.schema import chunked, dialect_insert, insert_ignore
 
 metadata = MetaData()
 

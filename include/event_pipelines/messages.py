@@ -12,9 +12,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from event_streams import payload
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from event_streams import payload
 from include.event_pipelines import config
 
 # SQS's own limit by default; larger Kafka records are refused the same way. A trigger leaves the body of a larger

@@ -53,7 +53,9 @@ def failures(engine: Engine, dag_id: str, message_ids: Sequence[str]) -> dict[st
     return {mid: (len(rs), max(rs)[1]) for mid, rs in seen.items()}
 
 
-def failed_offsets(engine: Engine, dag_id: str, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], set[int]]:
+def failed_offsets(
+    engine: Engine, dag_id: str, partitions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], set[int]]:
     """Per Kafka partition, the offsets of its records that were in runs of ``dag_id`` that failed for good (Kafka
     message ids are ``topic/partition/offset``)."""
     t = db.message_failures
@@ -62,7 +64,8 @@ def failed_offsets(engine: Engine, dag_id: str, partitions: Iterable[tuple[str, 
         for topic, partition in sorted(set(partitions)):
             prefix = f"{topic}/{partition}/"
             rows = conn.execute(select(t.c.message_id).where(t.c.dag_id == dag_id, t.c.message_id.like(f"{prefix}%")))
-            offsets = {int(mid[len(prefix):]) for (mid,) in rows if mid.startswith(prefix) and mid[len(prefix):].isdigit()}
+            tails = [mid[len(prefix) :] for (mid,) in rows if mid.startswith(prefix)]
+            offsets = {int(tail) for tail in tails if tail.isdigit()}
             if offsets:
                 found[(topic, partition)] = offsets
     return found

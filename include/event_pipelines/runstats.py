@@ -33,12 +33,14 @@ def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:
     try:
         value = json.loads(envelope.body).get(body_field)
         stamp = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except (*CONTENT_ERRORS, AttributeError):  # a hostile body has no usable timestamp; it is dead-lettered later
+    except CONTENT_ERRORS + (AttributeError,):  # a hostile body has no usable timestamp; it is dead-lettered later
         return None
     return stamp if stamp is not None and stamp.tzinfo is not None else None
 
 
-def summarize(run_start: datetime, envelopes: Sequence[Envelope], body_field: str | None) -> dict[str, float | int | None]:
+def summarize(
+    run_start: datetime, envelopes: Sequence[Envelope], body_field: str | None
+) -> dict[str, float | int | None]:
     # A producer timestamp after the run started says nothing about the wait (a skewed or hostile clock): left out.
     waits = sorted(
         (run_start - t).total_seconds()

@@ -1,7 +1,8 @@
 """Re-queue asset events that no DAG run consumed (apache/airflow issue 56050; README "Delivery guarantees").
 
 Events queued after a run's first event but before the run is created are consumed by nobody until another event
-arrives (measured: the last 1-3 of 20 Kafka readings, 62-65 of every 2,000-message burst). This scheduler listener (``plugins/event_pipelines_plugin.py``) runs whenever an asset-triggered run starts
+arrives (measured: the last 1-3 of 20 Kafka readings, 62-65 of every 2,000-message burst). This scheduler listener
+(``plugins/event_pipelines_plugin.py``) runs whenever an asset-triggered run starts
 or finishes and, if the DAG's assets have events newer than its newest asset-triggered run and no queue row, adds
 the row: an event is processed at most one run later.
 """
@@ -9,16 +10,17 @@ the row: an event is processed at most one run later.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow.listeners import hookimpl
 from airflow.models.asset import AssetDagRunQueue, AssetEvent, DagScheduleAssetReference
 from airflow.models.dagrun import DagRun
 from airflow.utils.types import DagRunType
-from airflow.utils import timezone
-from event_streams.schema import insert_ignore_statement
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
+
+from event_streams.schema import insert_ignore_statement
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def requeue_stranded_events(session: Session, dag_id: str) -> list[int]:
         # forbids anything that looks like a commit), and a row queued concurrently is simply kept.
         session.execute(
             _insert_ignore(session),
-            [{"asset_id": a, "target_dag_id": dag_id, "created_at": timezone.utcnow()} for a in stranded],
+            [{"asset_id": a, "target_dag_id": dag_id, "created_at": datetime.now(timezone.utc)} for a in stranded],
         )
         log.info("Re-queued %s for assets %s: their events were in no DAG run", dag_id, stranded)
     return list(stranded)

@@ -10,7 +10,6 @@ from typing import Any
 from include.event_pipelines.airflow_io import send_sqs_messages
 from include.inference_execution import settings
 
-
 log = logging.getLogger(__name__)
 
 

@@ -46,7 +46,8 @@ def check_answer(answer: object, rows: int) -> list[object]:
     The values themselves are checked one by one (``as_probability``): an invalid one costs only its request.
     """
     if not isinstance(answer, list):
-        raise ModelAnswerError(f"model answered {type(answer).__name__} {answer!r:.200} for {rows} rows, expected a list")
+        raise ModelAnswerError(
+            f"model answered {type(answer).__name__} {answer!r:.200} for {rows} rows, expected a list")
     if len(answer) != rows:
         raise ModelAnswerError(f"model answered {len(answer)} probabilities for {rows} rows")
     return answer

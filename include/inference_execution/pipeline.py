@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timezone
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
@@ -58,9 +59,9 @@ class _Request:
     envelopes: list[Envelope]
 
 
-def _stored(conn: Connection, request_ids: list[str]) -> dict[str, dict[str, object]]:
+def _stored(conn: Connection, request_ids: list[str]) -> dict[str, dict[str, Any]]:
     t = tables.predictions
-    found: dict[str, dict[str, object]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for chunk in db.chunked(request_ids):
         for row in conn.execute(select(t).where(t.c.request_id.in_(chunk))).mappings():
             found[row["request_id"]] = dict(row)
@@ -74,7 +75,8 @@ def _decode(env: Envelope) -> tuple[InferenceRequest, str]:
         submitted_at = req.submitted_at.astimezone(timezone.utc)
     except OverflowError:
         raise PoisonMessage(
-            env.message_id, f"submitted_at {req.submitted_at.isoformat()} is outside the range of representable UTC times"
+            env.message_id,
+            f"submitted_at {req.submitted_at.isoformat()} is outside the range of representable UTC times",
         ) from None
     return req.model_copy(update={"submitted_at": submitted_at}), req.features.fingerprint()
 
@@ -158,7 +160,8 @@ def answer_requests(
                 winner = row["features_sha256"] or first.fingerprint
             for fingerprint, r in vs.items():
                 if fingerprint != winner:
-                    _dead_letter(outcome, r.envelopes, f"duplicate request_id {rid}: already used with different features")
+                    reason = f"duplicate request_id {rid}: already used with different features"
+                    _dead_letter(outcome, r.envelopes, reason)
                 elif row is not None:
                     answered[rid] = r
         db.record_dead_letters(conn, PIPELINE, outcome.dead_letters)

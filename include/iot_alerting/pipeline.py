@@ -191,7 +191,8 @@ def process_readings(
             conn,
             tables.iot_readings,
             [
-                {"message_id": mid, "device_id": r.device_id, "sensor": r.sensor, "value": r.value, "unit": r.unit, "ts": r.ts}
+                {"message_id": mid, "device_id": r.device_id, "sensor": r.sensor, "value": r.value, "unit": r.unit,
+                 "ts": r.ts}
                 for mid, r in accepted
             ],
         )

@@ -44,10 +44,12 @@ class Rule:
 RULES: dict[str, Rule] = {
     r.sensor: r
     for r in (
-        Rule("temperature", "C", "above", raise_at=80.0, clear_at=75.0, valid_min=-60.0, valid_max=200.0, severity="critical"),
+        Rule("temperature", "C", "above", raise_at=80.0, clear_at=75.0, valid_min=-60.0, valid_max=200.0,
+             severity="critical"),
         Rule("humidity", "%", "above", raise_at=90.0, clear_at=85.0, valid_min=0.0, valid_max=100.0),
         Rule("pressure", "kPa", "below", raise_at=90.0, clear_at=95.0, valid_min=0.0, valid_max=500.0),
-        Rule("vibration", "mm/s", "above", raise_at=12.0, clear_at=9.0, valid_min=0.0, valid_max=100.0, severity="critical"),
+        Rule("vibration", "mm/s", "above", raise_at=12.0, clear_at=9.0, valid_min=0.0, valid_max=100.0,
+             severity="critical"),
     )
 }
 

@@ -21,6 +21,7 @@ from devstack.summary import message_runs
 from devstack.testing import Stack
 from include.data_delivery_etl import tables as etl_tables
 
+
 def test_airflow_runs_on_the_requested_metadata_database(stack: Stack, report_line) -> None:
     wanted = os.environ.get("DEVSTACK_DB", "sqlite")
     airflow = create_engine(stack.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])

@@ -122,7 +122,7 @@ def test_a_run_queued_longer_than_the_budget_keeps_its_messages_until_it_takes_t
     for i in range(4):  # one run each: the next is published once the run before it is running
         records += publish.send_sqs("inference", stack.sqs(), queue_url, [_request("queued", f"slow{i}", 1111)])
         with airflow.connect() as conn:
-            assert wait_for(lambda: conn.execute(running).scalar_one() == i + 1, timeout=60), f"run {i + 1} not running"
+            assert wait_for(lambda n=i + 1: conn.execute(running).scalar_one() == n, timeout=60), f"run {i + 1} not running"
     [queued] = publish.send_sqs("inference", stack.sqs(), queue_url, [_request("queued", "behind", 3000)])
     report = stack.collect(records + [queued], timeout=SLOW_S + 180, until_finished=False)
     assert not report.missing, report.missing

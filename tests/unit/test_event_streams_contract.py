@@ -7,11 +7,16 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from event_streams import payload
 from event_streams.kafka_offsets import settled_intervals
 from event_streams.triggers import StreamingSqsTrigger
-
-from include.event_pipelines.messages import MAX_BODY_BYTES, Envelope, envelopes_from_asset_events, kafka_message_to_event
+from include.event_pipelines.messages import (
+    MAX_BODY_BYTES,
+    Envelope,
+    envelopes_from_asset_events,
+    kafka_message_to_event,
+)
 
 
 class Record:

@@ -180,10 +180,9 @@ def test_celery_workers_load_the_plugins_before_their_pool_forks(monkeypatch: py
 def test_celery_config_as_the_provider_builds_it(ha: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The provider's own ``get_default_celery_config`` on the HA environment: what the workers and the schedulers'
     executors hand to Celery. The transport options arrive as numbers, under names kombu's Redis transport reads."""
-    from kombu.transport.redis import Channel
-
     from airflow.configuration import conf
     from airflow.providers.celery.executors.default_celery import get_default_celery_config
+    from kombu.transport.redis import Channel
 
     for key, value in stack.airflow_env().items():
         if key.startswith(("AIRFLOW__CELERY", "AIRFLOW__CORE__EXECUTOR", "AIRFLOW__DATABASE__")):

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest

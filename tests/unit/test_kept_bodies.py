@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from event_streams import payload
-from event_streams import sqs as event_sqs
 from sqlalchemy import Engine, select
 
+from event_streams import payload
+from event_streams import sqs as event_sqs
 from include.event_pipelines import airflow_io, config, db
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events
 

@@ -14,7 +14,8 @@ from include.event_pipelines.messages import (
     envelopes_from_conf,
     kafka_message_to_event,
     raw_bytes,
-    raw_headers, raw_key,
+    raw_headers,
+    raw_key,
 )
 
 

@@ -291,7 +291,7 @@ def test_sqs_body_over_the_message_limit_is_left_out_of_the_event() -> None:
 def test_sqs_events_respect_both_bounds_and_lose_nothing(sizes: list[int], max_bytes: int, max_messages: int) -> None:
     ids = [f"m{i}" for i in range(len(sizes))]
     client = ScriptedSqs(*[ids[i : i + 10] for i in range(0, len(ids), 10)],
-                         bodies={i: "x" * n for i, n in zip(ids, sizes)})
+                         bodies={i: "x" * n for i, n in zip(ids, sizes, strict=True)})
     trigger = _sqs(max_event_bytes=max_bytes, max_messages_per_event=max_messages, linger_seconds=0,
                    max_message_bytes=2000)
     events = []

@@ -25,7 +25,19 @@ from typing import Any, Protocol, TypeVar
 from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
 from confluent_kafka import KafkaException, TopicPartition
 from sqlalchemy import (
-    BigInteger, Column, Engine, Integer, MetaData, String, Table, and_, delete, or_, select, text, update,
+    BigInteger,
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    delete,
+    or_,
+    select,
+    text,
+    update,
 )
 
 from event_streams import schema
@@ -46,12 +58,16 @@ kafka_settled = Table(  # the group's committed offset moves through these, cont
 
 
 class Envelope(Protocol):
-    """What ``settled_intervals`` reads of a settled message (any object with these attributes)."""
+    """What ``settled_intervals`` reads of a settled message (any object with these attributes, read-only)."""
 
-    source: str
-    topic: str | None
-    partition: int | None
-    offset: int | None
+    @property
+    def source(self) -> str: ...
+    @property
+    def topic(self) -> str | None: ...
+    @property
+    def partition(self) -> int | None: ...
+    @property
+    def offset(self) -> int | None: ...
     # optional: read_from (where the consumer's read before this record started), see settled_intervals
 
 

@@ -110,7 +110,7 @@ def change_visibility(queue_url: str, handles: Sequence[tuple[str, str]], second
 Message = tuple[str, str, Mapping[str, AttributeValue]]  # (id, body, attributes)
 
 
-def send_batches(messages: Sequence[Message]) -> list[Sequence[Message]]:
+def send_batches(messages: Sequence[Message]) -> list[list[Message]]:
     """Batches of at most 10 messages and ``MAX_BATCH_BYTES``, in order (a message over it goes alone)."""
     batches: list[list[Message]] = []
     size = 0

@@ -455,7 +455,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.max_message_bytes = _pick(
             max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
         )
-        self._convert: Callable[[Any], Any] | None = None
+        self._convert: Callable[..., Any] | None = None
         self._consumer: Any = None
         self._config: dict[str, Any] = {}  # the consumer's effective settings (group.id included)
         self._from_beginning = True
