@@ -1,4 +1,4 @@
-# The README's commands. Everything the targets need is installed by the targets themselves.
+# The commands of README.md and docs/. Everything the targets need is installed by the targets themselves.
 SHELL := /bin/bash
 PY ?= python3
 STATE := $(CURDIR)/.devstack
@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv lint test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
+.PHONY: venv brokers lint test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,7 +50,7 @@ test-ha: venv
 test-postgres: venv
 	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/e2e
 
-## test-copy: README "Copy one pipeline into your project" done for iot_alerting in a fresh Astro scaffold, with its own
+## test-copy: docs/copy-a-pipeline.md done for iot_alerting in a fresh Astro scaffold, with its own
 ## virtualenv: Astro's DAG integrity test there, then the pipeline's end-to-end test on the real stack running it
 test-copy: venv
 	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/copy
@@ -68,6 +68,11 @@ model: venv
 ## Redis, PostgreSQL; needs Debian's redis-server and postgresql); `make down` stops it like the default one
 up: venv
 	$(PYTHON) -m devstack.stack up
+
+## brokers: only the brokers, natively: Kafka (KRaft) on 127.0.0.1:9092 and ElasticMQ on 127.0.0.1:9324, with the
+## pipelines' topics and queues; for an Airflow started another way (not `make up`). `make down` stops them
+brokers: venv
+	$(PYTHON) -m devstack.brokers up --cache $(STATE)/cache --data $(STATE)/run
 
 ## down: stop everything `make up` / `make demo` started, by PID, whatever state it is in
 down:
