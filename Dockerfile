@@ -1,10 +1,10 @@
 FROM astrocrpublic.azurecr.io/runtime:3.3-2
 
 # Airflow settings for event-driven DAGs. The native runner (`make up`, `make bench`, the tests) applies these same
-# ENV lines (devstack/settings.py reads them), so what the README's "Performance" table measured is what ships.
+# ENV lines (devstack/settings.py reads them), so what docs/performance.md measured is what ships.
 
 # How long an idle scheduler naps between loops (default 1 s). It bounds how soon a new asset event becomes a DAG run
-# and how soon a queued run starts: 0.2 s takes about 1 s off publish -> run start (README "Performance").
+# and how soon a queued run starts: 0.2 s takes about 1 s off publish -> run start (docs/performance.md).
 ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
 
 # A task whose supervisor died (a LocalExecutor worker, a child of the scheduler, or a Celery worker) stops
@@ -19,11 +19,11 @@ ENV AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL=30
 
 # With two or more triggerers, the watchers of one that died are taken over by another once its last heartbeat (every
 # 5 s, [triggerer] job_heartbeat_sec) is this old; until then no message is consumed. The default, 30 s, is six missed
-# heartbeats; 15 s is three, and bounds the takeover to about 20 s (README "Scale-out", measured by make test-ha).
+# heartbeats; 15 s is three, and bounds the takeover to about 20 s (docs/scale-out.md, measured by make test-ha).
 ENV AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=15
 
 # CeleryExecutor (Astro's): each Celery worker loads the plugins (and so the inference model) once, before forking its
-# pool, instead of every task process loading them (~4 s per task at rest; README "Scale-out"). Airflow's own Celery
+# pool, instead of every task process loading them (~4 s per task at rest; docs/scale-out.md). Airflow's own Celery
 # settings are unchanged. LocalExecutor does not read it.
 ENV AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=include.event_pipelines.celery_worker.CELERY_CONFIG
 

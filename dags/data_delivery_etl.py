@@ -18,7 +18,8 @@ Delivery: messages are received **without deletion**; each task keeps its messag
 heartbeat, `SQS_HEARTBEAT_SECONDS`) and deletes each by receipt handle only after its load/quarantine is committed
 (a bad message first goes to `data-deliveries-dlq` with its reason). A task that fails for good gives back the
 messages it held; after
-`MAX_FAILED_RUNS` failed runs a message is dead-lettered with the error (README "Runs that fail for good").
+`MAX_FAILED_RUNS` failed runs a message is dead-lettered with the error
+(docs/delivery-guarantees.md "Runs that fail for good").
 
 Example message (schema: `include/data_delivery_etl/schemas.py:DeliveryNotice`):
 
@@ -45,7 +46,8 @@ DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)
 
 # Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
 # SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
-# reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
+# reception and yields at most 10 messages per run of the trigger; figures in docs/delivery-guarantees.md
+# "Why not the stock triggers".
 delivery_trigger = MessageQueueTrigger(
     scheme=config.SQS_WATCHER_SCHEME, sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
     **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event
@@ -53,7 +55,7 @@ delivery_trigger = MessageQueueTrigger(
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
 )
-orders_table = Asset("events_db.orders")  # a plain outlet, not an AssetAlias: README "Performance" says why
+orders_table = Asset("events_db.orders")  # a plain outlet, not an AssetAlias: docs/performance.md says why
 source = airflow_io.SqsSource(QUEUE_URL, DLQ_URL)
 
 

@@ -13,7 +13,8 @@ the `inference_endpoint` connection when `INFERENCE_BACKEND=http`. Predictions g
 SQS because requests are independent jobs: per-message acknowledgement, a visibility timeout sized to the run,
 and a redrive policy to `inference-requests-dlq` are exactly a work queue's needs, and no ordering is required.
 `max_active_runs=4`: runs overlap, each with its own messages. A run that fails for good gives its requests back;
-after `MAX_FAILED_RUNS` failed runs a request is dead-lettered with the error (README "Runs that fail for good").
+after `MAX_FAILED_RUNS` failed runs a request is dead-lettered with the error
+(docs/delivery-guarantees.md "Runs that fail for good").
 
 Example request (schema: `include/inference_execution/schemas.py:InferenceRequest`):
 
@@ -40,7 +41,8 @@ REPLY_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REPLY_QUEUE)
 
 # Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
 # SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
-# reception and yields at most 10 messages per run of the trigger; figures in README "Delivery guarantees".
+# reception and yields at most 10 messages per run of the trigger; figures in docs/delivery-guarantees.md
+# "Why not the stock triggers".
 request_trigger = MessageQueueTrigger(
     scheme=config.SQS_WATCHER_SCHEME, sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
     **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event

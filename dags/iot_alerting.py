@@ -9,12 +9,13 @@ runs. State changes publish `raised` / `cleared` events to `iot-alerts`, keyed b
 bytes and headers, then headers `reason` and `source_message_id`) and to the `dead_letters` table. Offsets are
 committed after all that, in the watcher's own consumer group (`airflow.iot_alerting`), never past a reading no
 run settled; the readings of a run that fails for good are read again, and dead-lettered with the error after
-`MAX_FAILED_RUNS` failed runs (README "Runs that fail for good").
+`MAX_FAILED_RUNS` failed runs (docs/delivery-guarantees.md "Runs that fail for good").
 
 `max_active_runs=2`: a run starts while the one before it works, and applies a partition's readings only once
 that run has settled the earlier ones (`KAFKA_ORDER_WAIT_SECONDS`), so device state is applied in order; when a
-run fails for good, the later readings of its partitions wait for its re-read (README "Kafka topics as production
-writes them"). Alerts leave through an outbox, only once the state change that caused them is stored.
+run fails for good, the later readings of its partitions wait for its re-read (docs/delivery-guarantees.md
+"Kafka topics as production writes them"). Alerts leave through an outbox, only once the state change that caused
+them is stored.
 
 Example reading (schema: `include/iot_alerting/schemas.py:SensorReading`; rules: `iot_alerting/rules.py`):
 
@@ -40,7 +41,8 @@ from include.iot_alerting.pipeline import process_readings
 
 # Watcher trigger: the default scheme ("kafka+stream") is this project's streaming provider (providers/event-streams);
 # KAFKA_WATCHER_SCHEME=kafka is the stock provider (AwaitMessageTrigger, as in Astronomer's guide), which commits
-# before the event is stored (a triggerer crash loses the record); figures in README "Delivery guarantees".
+# before the event is stored (a triggerer crash loses the record); figures in docs/delivery-guarantees.md
+# "Why not the stock triggers".
 readings_trigger = MessageQueueTrigger(
     scheme=config.KAFKA_WATCHER_SCHEME,
     topics=[settings.IOT_READINGS_TOPIC],

@@ -6,7 +6,7 @@ as in the triggerer (``gather``) and every asset event is settled by a run that 
 ``--cycles`` redelivery periods pass (the trigger's own clock is moved on) and whatever it delivers again is settled
 too. Prints, per topic and partition: the committed offset against the end of the partition, the records a
 consumer can see, how many asset events carried each record, and the rows left in ``kafka_settled``. Figures in
-README "Kafka topics as production writes them" come from this script.
+docs/delivery-guarantees.md "Kafka topics as production writes them" come from this script.
 """
 
 from __future__ import annotations

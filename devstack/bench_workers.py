@@ -5,7 +5,7 @@ Each configuration takes the same burst of requests (``--count``, default 2,000)
 client, and a listening client receives the replies (``devstack.bench.ReplyListener``): replies/s
 (``effect_msgs_per_s``) is replies received / (first publish -> last reply). While the burst is processed the CPU of every process group of
 the stack is sampled, and printed per 1,000 replies: what each stage costs, which is what a cluster's sizing needs
-(README "Scale-out"). LocalExecutor runs on PostgreSQL (as ``astro dev start``), like the HA profile. The 1-worker
+(docs/scale-out.md). LocalExecutor runs on PostgreSQL (as ``astro dev start``), like the HA profile. The 1-worker
 row is the HA stack after ``stop worker-2``: same schedulers, triggerers and broker. Each stack first answers a
 warm-up burst (``WARM_UP``). Prints a table, writes ``bench/workers.json``.
 """

@@ -389,7 +389,7 @@ def wait_until(check, timeout: float, what: str, interval: float = 1.0) -> Any:
 def wait_for_api_server(timeout: float) -> None:
     """Wait for the API server's port, then make the execution API's first request. The API server sets the execution
     API up on its first request (about 4 s here): without this, the first task after a start waits that long to begin
-    (README "Performance")."""
+    (docs/performance.md)."""
     import urllib.request
 
     brokers.wait_for_port("127.0.0.1", API_PORT, timeout, pid=brokers.running_pid(_pid_file("api-server")))

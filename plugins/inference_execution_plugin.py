@@ -1,4 +1,4 @@
-"""Pre-loads the inference model in the processes that fork task processes (README "Performance").
+"""Pre-loads the inference model in the processes that fork task processes (docs/performance.md).
 
 LocalExecutor forks its workers from the scheduler, and each task process from a worker; a Celery worker forks its
 pool the same way, and loads the plugins before it does (`include/event_pipelines/celery_worker.py`). Loaded there

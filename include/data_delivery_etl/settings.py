@@ -10,7 +10,7 @@ DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
 # Where bad delivered files are moved with a reason file (any ObjectStoragePath URI: file://, s3://, ...).
 QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", "file:///usr/local/airflow/include/data/quarantine")
 
-# Where delivered files may be read from (README "Confinement"): comma-separated roots; a delivery whose URI
+# Where delivered files may be read from (docs/hostile-input.md): comma-separated roots; a delivery whose URI
 # (resolved, symlinks included, for file://) is not under one of them is dead-lettered and its file never touched.
 # Add s3://bucket/prefix roots for S3 (needs s3fs installed).
 ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
@@ -19,6 +19,6 @@ ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
 )
 ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))
 ETL_BATCH_SIZE: int = int(os.getenv("ETL_BATCH_SIZE", "50"))  # deliveries per mapped task
-# How far ahead of now a notice's delivered_at may be (README "Confinement"); a notice further ahead is
+# How far ahead of now a notice's delivered_at may be (docs/hostile-input.md); a notice further ahead is
 # dead-lettered: it would otherwise win over every later correction of its orders.
 ETL_MAX_CLOCK_SKEW_SECONDS: float = float(os.getenv("ETL_MAX_CLOCK_SKEW_SECONDS", "300"))

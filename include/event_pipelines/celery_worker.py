@@ -3,7 +3,7 @@ plus one signal handler. A Celery worker's task processes are forks of its pool,
 process, which never loads the plugins; so each task process loaded them, and with them scikit-learn and the inference
 model: ~4 s of every task at rest on CeleryExecutor (Astro's executor) against ~0.1 s on LocalExecutor, whose task
 processes inherit them from the scheduler. Loaded once in the main process before the pool starts, they are inherited
-instead. Figures: README "Scale-out".
+instead. Figures: docs/scale-out.md.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def sqs_stream_kwargs() -> dict[str, str]:
     return {"kept_conn_id": DB_CONN_ID} if SQS_WATCHER_SCHEME == "sqs+stream" else {}
 
 
-# --- runs that fail for good (README "Delivery guarantees") ---
+# --- runs that fail for good (docs/delivery-guarantees.md "Runs that fail for good") ---
 # A message whose run failed for good (every retry) is delivered again; once it has been in this many failed runs,
 # its next delivery dead-letters it with the last run's error instead of processing it (like SQS maxReceiveCount).
 MAX_FAILED_RUNS: int = int(os.getenv("MAX_FAILED_RUNS", "3"))

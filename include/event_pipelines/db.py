@@ -3,7 +3,7 @@
 Every table is keyed on the identity of what was received and written with ``insert_ignore`` / ``upsert``, so a
 redelivery, a retry or a cleared run changes nothing. Each pipeline defines its own tables on ``metadata`` in its
 folder's ``tables.py``. ``record_dead_letters`` fills in the bodies the SQS trigger kept (``kept_bodies``, a table of
-the event-streams provider in the same database). README "Delivery guarantees".
+the event-streams provider in the same database). docs/delivery-guarantees.md.
 """
 
 from __future__ import annotations

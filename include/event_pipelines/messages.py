@@ -1,4 +1,4 @@
-"""One envelope for every message a pipeline receives, whatever the broker (README "Delivery guarantees").
+"""One envelope for every message a pipeline receives, whatever the broker (docs/delivery-guarantees.md).
 
 ``envelopes_from_asset_events`` reads every message of every coalesced asset event once (newest SQS receipt
 handle kept); ``decode`` parses a body into a pydantic model or raises ``PoisonMessage`` (the message is

@@ -1,4 +1,4 @@
-"""Runs that fail for good (README "Runs that fail for good"): their messages are delivered again, then dead-lettered.
+"""Runs that fail for good (docs/delivery-guarantees.md): their messages are delivered again, then dead-lettered.
 
 The failure callback records each message of the run in ``message_failures``; when it comes back, the run's
 first task dead-letters it with the last error once it has been in ``max_failed_runs`` failed runs.

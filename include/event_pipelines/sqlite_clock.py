@@ -1,4 +1,4 @@
-"""Sub-second ``now()`` for Airflow's metadata database on SQLite (README "Performance", "Where the time goes").
+"""Sub-second ``now()`` for Airflow's metadata database on SQLite (docs/performance.md "Where the time goes").
 
 The scheduler starts a queued run only once ``dag_run.run_after <= now()``. SQLAlchemy compiles ``now()`` on SQLite
 to ``CURRENT_TIMESTAMP``, which has whole seconds (``2026-11-26 13:40:05``) and is compared as text with the stored

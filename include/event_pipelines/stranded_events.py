@@ -1,4 +1,4 @@
-"""Re-queue asset events that no DAG run consumed (apache/airflow issue 56050; README "Delivery guarantees").
+"""Re-queue asset events that no DAG run consumed (apache/airflow issue 56050; docs/delivery-guarantees.md).
 
 Events queued after a run's first event but before the run is created are consumed by nobody until another event
 arrives (measured: the last 1-3 of 20 Kafka readings, 62-65 of every 2,000-message burst). This scheduler listener

@@ -1,10 +1,11 @@
-"""Copy one pipeline into a fresh Astro project exactly as README "Copy one pipeline into your project" says.
+"""Copy one pipeline into a fresh Astro project exactly as docs/copy-a-pipeline.md says.
 
 The scaffold has the files `astro dev init` writes for Airflow 3 (Dockerfile, requirements.txt, packages.txt,
 airflow_settings.yaml, .astro/ with Astro's DAG integrity test, dags/ with an example DAG, include/, plugins/, tests/);
-the test copies the README's list for ``iot_alerting``, adds its requirement and Dockerfile lines and its
-connections, builds a virtualenv from the scaffold's own requirements.txt (and the Dockerfile's provider install),
-runs Astro's integrity test there, then the pipeline's end-to-end test on the real stack running the scaffold.
+the test copies the paths of ``iot_alerting``'s manifest (docs/copy/iot_alerting.yaml), adds its requirement and
+Dockerfile lines and its connections, builds a virtualenv from the scaffold's own requirements.txt (and the
+Dockerfile's provider install), runs Astro's integrity test there, then the pipeline's end-to-end test on the real
+stack running the scaffold.
 """
 
 from __future__ import annotations
@@ -64,11 +65,10 @@ FROM_THIS_REPO = (".astro/test_dag_integrity_default.py", ".astro/dag_integrity_
 
 
 def copy_list(pipeline: str) -> dict:
-    """The README's block for ``pipeline`` (after ``<!-- copy:<pipeline> -->``)."""
-    text = (ROOT / "README.md").read_text()
-    match = re.search(rf"<!-- copy:{pipeline} -->\s*```yaml\n(.*?)```", text, re.S)
-    assert match, f"README has no copy list for {pipeline}"
-    return yaml.safe_load(match.group(1))[pipeline]
+    """The copy manifest of ``pipeline``: docs/copy/<pipeline>.yaml (shown by docs/copy-a-pipeline.md)."""
+    manifest = ROOT / "docs" / "copy" / f"{pipeline}.yaml"
+    assert manifest.is_file(), f"no copy manifest for {pipeline}: {manifest.relative_to(ROOT)}"
+    return yaml.safe_load(manifest.read_text())[pipeline]
 
 
 def make_project(dest: Path, pipeline: str) -> dict:
@@ -86,7 +86,7 @@ def make_project(dest: Path, pipeline: str) -> dict:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".pytest_cache")
     for path in spec["files"]:
         src = ROOT / path
-        assert src.exists(), f"README lists {path}, which does not exist"
+        assert src.exists(), f"docs/copy/{pipeline}.yaml lists {path}, which does not exist"
         (dest / path).parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
             shutil.copytree(src, dest / path, ignore=ignore, dirs_exist_ok=True)

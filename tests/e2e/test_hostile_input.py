@@ -2,7 +2,7 @@
 
 Each kind is published between good messages. For each: the dead letter (or quarantine) with its reason, nothing
 outside the pipeline's areas touched (checked on the file system), and every good message around it processed.
-The table of kinds and outcomes is in README "Delivery guarantees".
+The table of kinds and outcomes is in docs/hostile-input.md.
 """
 
 from __future__ import annotations

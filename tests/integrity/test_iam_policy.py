@@ -1,4 +1,4 @@
-"""The least-privilege IAM policy in README.md ("Real AWS SQS") grants exactly what the code calls.
+"""The least-privilege IAM policy in docs/iam-policy.json (shown by docs/aws.md) grants exactly what the code calls.
 
 The actions are derived from the code, not listed from memory:
 
@@ -12,7 +12,8 @@ The actions are derived from the code, not listed from memory:
 * S3: the storage calls the ETL makes on its paths (``ObjectStoragePath`` in Airflow), found by method name under
   ``include/data_delivery_etl/`` and mapped with ``STORAGE_ACTIONS`` below.
 
-Then the README's policy JSON must grant every derived action and nothing else, on the right queues.
+Then the policy document, docs/iam-policy.json, must grant every derived action and nothing else, on the right
+queues; docs/aws.md, which explains it, must say how IAM authorises the batch calls.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import botocore.session
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
+POLICY = ROOT / "docs" / "iam-policy.json"
+AWS_PAGE = ROOT / "docs" / "aws.md"
 # Where queue names are set: each SQS pipeline's settings.py.
 SETTINGS = tuple(ROOT / "include" / pipeline / "settings.py" for pipeline in ("data_delivery_etl", "inference_execution"))
 CODE_DIRS = (ROOT / "include", ROOT / "plugins", ROOT / "providers" / "event-streams" / "src")  # installed triggers
@@ -135,19 +137,12 @@ def code_storage_actions() -> dict[str, set[str]]:
 # --------------------------------------------------------------------------------------------------- the policy
 
 
-def readme_policy(text: str | None = None) -> dict:
-    """The one ```json block of README.md that is an IAM policy document (has ``Statement``)."""
-    text = README.read_text() if text is None else text
-    policies = []
-    for block in re.findall(r"^```json\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
-        try:
-            doc = json.loads(block)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and "Statement" in doc:
-            policies.append(doc)
-    assert len(policies) == 1, f"expected one IAM policy ```json block in README.md, found {len(policies)}"
-    return policies[0]
+def policy_document(text: str | None = None) -> dict:
+    """docs/iam-policy.json: one IAM policy document (has ``Statement``)."""
+    text = POLICY.read_text() if text is None else text
+    doc = json.loads(text)
+    assert isinstance(doc, dict) and "Statement" in doc, f"{POLICY.relative_to(ROOT)} is not an IAM policy document"
+    return doc
 
 
 def _as_list(value: str | list[str]) -> list[str]:
@@ -197,7 +192,7 @@ def config_default(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def policy() -> dict:
-    return readme_policy()
+    return policy_document()
 
 
 def test_derivation_finds_sqs_calls_in_a_snippet(policy: dict) -> None:
@@ -243,14 +238,14 @@ def test_the_code_calls_sqs() -> None:
 def test_policy_grants_every_sqs_action_the_code_calls(policy: dict) -> None:
     actions = code_sqs_actions()
     missing = missing_grants(actions, policy)
-    assert not missing, "README IAM policy lacks: " + "; ".join(
+    assert not missing, "docs/iam-policy.json lacks: " + "; ".join(
         f"{a} (called at {', '.join(sorted(actions[a]))})" for a in sorted(missing)
     )
 
 
 def test_policy_grants_no_sqs_action_the_code_does_not_call(policy: dict) -> None:
     extra = {a for a in grants(policy) if a.startswith("sqs:")} - set(code_sqs_actions())
-    assert not extra, f"README IAM policy grants SQS actions nothing in {[d.name for d in CODE_DIRS]} calls: {sorted(extra)}"
+    assert not extra, f"docs/iam-policy.json grants SQS actions nothing in {[d.name for d in CODE_DIRS]} calls: {sorted(extra)}"
 
 
 def test_sqs_actions_are_on_the_right_queues(policy: dict) -> None:
@@ -269,11 +264,11 @@ def test_policy_grants_exactly_the_storage_actions_of_the_etl(policy: dict) -> N
     assert needed, f"no storage calls found under {ETL_DIR}: STORAGE_ACTIONS out of date?"
     granted = {a for a in grants(policy) if a.startswith("s3:")}
     missing = set(needed) - granted
-    assert not missing, "README IAM policy lacks: " + "; ".join(
+    assert not missing, "docs/iam-policy.json lacks: " + "; ".join(
         f"{a} (needed at {', '.join(sorted(needed[a]))})" for a in sorted(missing)
     )
     extra = granted - set(needed)
-    assert not extra, f"README IAM policy grants S3 actions the ETL does not need: {sorted(extra)}"
+    assert not extra, f"docs/iam-policy.json grants S3 actions the ETL does not need: {sorted(extra)}"
 
 
 def test_s3_actions_are_on_the_right_prefixes(policy: dict) -> None:
@@ -286,8 +281,8 @@ def test_s3_actions_are_on_the_right_prefixes(policy: dict) -> None:
     assert buckets and all("/" not in r.removeprefix("arn:aws:s3:::") for r in buckets), "ListBucket is on buckets"
 
 
-def test_readme_explains_the_batch_actions() -> None:
-    text = README.read_text()
+def test_the_aws_page_explains_the_batch_actions() -> None:
+    text = AWS_PAGE.read_text()
     pairs = {"DeleteMessageBatch": "DeleteMessage", "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
              "SendMessageBatch": "SendMessage"}
     for batch, single in pairs.items():

@@ -1,5 +1,5 @@
-"""The layout (README "Layout"): one shared core, one self-contained folder per pipeline, no pipeline importing
-another's code, and no test-only hook in a pipeline's code.
+"""The layout (README.md "Layout", docs/layout.md): one shared core, one self-contained folder per pipeline, no
+pipeline importing another's code, and no test-only hook in a pipeline's code.
 
 * ``include/event_pipelines/`` (the core) imports no pipeline folder;
 * ``include/<pipeline>/`` imports only the core and itself (never another pipeline, never ``dags/``), and not
@@ -146,14 +146,13 @@ def test_a_plugin_imports_the_core_and_at_most_the_pipeline_it_is_named_after(pl
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
-def test_the_readme_copy_list_has_the_plugins_a_pipeline_needs(pipeline: str) -> None:
-    """The shared plugin (listener, pre-imports) and the pipeline's own plugin, if it has one, are in its copy list."""
-    import re
-
+def test_the_copy_manifest_has_the_plugins_a_pipeline_needs(pipeline: str) -> None:
+    """The shared plugin (listener, pre-imports) and the pipeline's own plugin, if it has one, are in its copy manifest
+    (docs/copy/<pipeline>.yaml, shown by docs/copy-a-pipeline.md)."""
     import yaml
 
-    block = re.search(rf"<!-- copy:{pipeline} -->\s*```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    assert block, f"README has no copy list for {pipeline}"
-    files = set(yaml.safe_load(block.group(1))[pipeline]["files"])
+    manifest = ROOT / "docs" / "copy" / f"{pipeline}.yaml"
+    assert manifest.is_file(), f"no copy manifest for {pipeline}: {manifest.relative_to(ROOT)}"
+    files = set(yaml.safe_load(manifest.read_text())[pipeline]["files"])
     needed = {f"plugins/{p.name}" for p in PLUGIN_FILES if p.stem in ("event_pipelines_plugin", f"{pipeline}_plugin")}
     assert "plugins/event_pipelines_plugin.py" in needed and needed <= files, sorted(needed - files)
