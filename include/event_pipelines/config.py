@@ -66,7 +66,7 @@ SQS_REDELIVERY_DELAY_SECONDS: int = int(os.getenv("SQS_REDELIVERY_DELAY_SECONDS"
 # KAFKA_REDELIVERY_SECONDS (default 120; read by the trigger, providers/event-streams).
 # Kafka, runs that overlap (max_active_runs > 1): a run whose records follow records of the run before it (same
 # partition) waits this long at most for that run to settle them before applying its own; what is still unsettled
-# then is held (airflow_io.hold_unsettled). A run that failed for good ends the wait at once.
+# then is held (kafka_source.hold_unsettled). A run that failed for good ends the wait at once.
 KAFKA_ORDER_WAIT_SECONDS: float = float(os.getenv("KAFKA_ORDER_WAIT_SECONDS", "120"))
 
 # --- bounds on what one message and one asset event may carry ---

@@ -1,4 +1,5 @@
-"""Shared tables and idempotent writes, portable between SQLite (the embedded default) and PostgreSQL.
+"""The events database: its engine (``engine``, from an Airflow connection), shared tables and idempotent writes,
+portable between SQLite (the embedded default) and PostgreSQL.
 
 Every table is keyed on the identity of what was received and written with ``insert_ignore`` / ``upsert``, so a
 redelivery, a retry or a cleared run changes nothing. Each pipeline defines its own tables on ``metadata`` in its
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
@@ -17,6 +19,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
 from event_streams.schema import chunked, dialect_insert, insert_ignore
+from include.event_pipelines import config
 
 metadata = MetaData()
 
@@ -141,6 +144,19 @@ def configure_sqlite(engine: Engine) -> Engine:
 # The provider's SQL helpers (event_streams.schema), one place for the project: the dialect's insert, insert-ignore,
 # and bounded IN (...) lists.
 __all__ = ["chunked", "dialect_insert", "insert_ignore", "upsert"]
+
+
+@cache
+def engine(conn_id: str = config.DB_CONN_ID) -> Engine:
+    """The events database: a SQLAlchemy engine for an Airflow SQL connection (SQLite by default, PostgreSQL or any
+    DbApiHook by config), its schema created (race-safe) the first time a process asks. Tasks and callbacks only:
+    the Airflow SDK is imported here, not when the module is."""
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    eng = configure_sqlite(hook.get_sqlalchemy_engine())
+    ensure_schema(eng)
+    return eng
 
 
 def upsert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -20,7 +20,7 @@ from include.event_pipelines import config
 # SQS's own limit by default; larger Kafka records are refused the same way. A trigger leaves the body of a larger
 # message out of its asset event (``body_omitted_bytes``), so it never rides in one; the run dead-letters it. The
 # streaming SQS trigger first keeps such a body in the events database (``body_kept_in``: ``kept_bodies``), and
-# ``db.record_dead_letters`` and the DLQ copy (``airflow_io.settle_sqs``) take it from there.
+# ``db.record_dead_letters`` and the DLQ copy (``sqs_source.settle_sqs``) take it from there.
 MAX_BODY_BYTES = config.MAX_MESSAGE_BYTES
 
 # What a message's content can raise in pure code (parsing, validation, arithmetic on its values, lookups by its

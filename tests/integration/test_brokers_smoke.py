@@ -524,7 +524,7 @@ def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_p
 
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from include.event_pipelines import airflow_io
+    from include.event_pipelines import db, kafka_source
     from include.event_pipelines.messages import envelopes_from_asset_events
 
     bootstrap, topic = stack["bootstrap"], f"headers-{uuid.uuid4().hex[:8]}"
@@ -540,7 +540,7 @@ def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_p
     monkeypatch.setenv("AIRFLOW_CONN_KAFKA_DEFAULT", json.dumps(
         {"conn_type": "kafka", "extra": {"bootstrap.servers": bootstrap, "group.id": "shared"}}))
     monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", f"sqlite:///{tmp_path / 'events.db'}")
-    airflow_io.engine.cache_clear()
+    db.engine.cache_clear()
     try:
         records = []
         deadline = time.monotonic() + 60
@@ -549,7 +549,7 @@ def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_p
         envelopes = envelopes_from_asset_events([{"payload": {"source": "kafka_batch", "group_id": trigger.group,
                                                               "records": records}}])
         bad = envelopes[0]
-        airflow_io.settle_kafka(dlq, envelopes, [{"message_id": bad.message_id, "reason": "body is not JSON"}])
+        kafka_source.settle_kafka(dlq, envelopes, [{"message_id": bad.message_id, "reason": "body is not JSON"}])
         assert _committed(bootstrap, trigger.group, topic) == 2 and _committed(bootstrap, "shared", topic) < 0
         reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
                            "enable.auto.commit": False})
@@ -563,7 +563,7 @@ def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_p
         assert copy.headers() == [*headers, ("reason", b"body is not JSON"),
                                   ("source_message_id", bad.message_id.encode())]
     finally:
-        airflow_io.engine.cache_clear()
+        db.engine.cache_clear()
         trigger._consumer.close()
 
 
@@ -617,7 +617,7 @@ def test_sqs_dead_letters_cannot_fail_on_their_content(stack, monkeypatch):
     import boto3
 
     from event_streams import sqs as event_sqs
-    from include.event_pipelines import airflow_io
+    from include.event_pipelines import sqs_source
     from include.event_pipelines.messages import Envelope
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
@@ -640,7 +640,7 @@ def test_sqs_dead_letters_cannot_fail_on_their_content(stack, monkeypatch):
                               if e.body == bodies[0] else "body is not a request") for e in envelopes}
     event_sqs._clients.clear()
     try:
-        airflow_io.settle_sqs(queue, dlq, envelopes, [{"message_id": m, "reason": r} for m, r in reasons.items()])
+        sqs_source.settle_sqs(queue, dlq, envelopes, [{"message_id": m, "reason": r} for m, r in reasons.items()])
     finally:
         event_sqs._clients.clear()
     copies: list[dict] = []
@@ -674,7 +674,7 @@ def test_dead_letters_and_replies_reach_fifo_queues(stack, monkeypatch):
     import boto3
 
     from event_streams import sqs as event_sqs
-    from include.event_pipelines import airflow_io
+    from include.event_pipelines import sqs_source
     from include.event_pipelines.messages import Envelope
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
@@ -691,10 +691,10 @@ def test_dead_letters_and_replies_reach_fifo_queues(stack, monkeypatch):
     envelope = Envelope.from_sqs(message)
     event_sqs._clients.clear()
     try:
-        airflow_io.settle_sqs(source, dlq, [envelope], [{"message_id": envelope.message_id, "reason": "not JSON"}])
-        airflow_io.send_sqs_messages(replies, [(f"reply-{i}", json.dumps({"i": i}), {"correlation_id": f"c{i}"})
+        sqs_source.settle_sqs(source, dlq, [envelope], [{"message_id": envelope.message_id, "reason": "not JSON"}])
+        sqs_source.send_sqs_messages(replies, [(f"reply-{i}", json.dumps({"i": i}), {"correlation_id": f"c{i}"})
                                               for i in range(12)])
-        airflow_io.send_sqs_messages(replies, [("reply-0", json.dumps({"i": 0}), {"correlation_id": "c0"})])  # again
+        sqs_source.send_sqs_messages(replies, [("reply-0", json.dumps({"i": 0}), {"correlation_id": "c0"})])  # again
     finally:
         event_sqs._clients.clear()
 
@@ -730,7 +730,7 @@ def test_an_oversize_sqs_body_is_kept_by_the_trigger_and_dead_lettered_whole(sta
     from event_streams import kept_bodies, payload
     from event_streams import sqs as event_sqs
     from event_streams.triggers import StreamingSqsTrigger
-    from include.event_pipelines import airflow_io, db
+    from include.event_pipelines import db, sqs_source
     from include.event_pipelines.messages import dead_letter_row, envelopes_from_asset_events
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
@@ -777,18 +777,18 @@ def test_an_oversize_sqs_body_is_kept_by_the_trigger_and_dead_lettered_whole(sta
     assert kept[huge_id] == (source, huge, len(huge.encode("utf-8")))
     assert kept[large_id][1].encode("utf-8") == large.encode("utf-8")
 
-    airflow_io.engine.cache_clear()
+    db.engine.cache_clear()
     event_sqs._clients.clear()
     try:
         envelopes = envelopes_from_asset_events([{"payload": {"status": "success", payload.MESSAGE_BATCH: batch}}])
         letters = [dead_letter_row(e, f"body is {e.body_omitted_bytes} bytes, over the limit") for e in envelopes]
-        with airflow_io.engine().begin() as conn:
+        with db.engine().begin() as conn:
             db.record_dead_letters(conn, "smoke", letters)
-        airflow_io.settle_sqs(source, dlq, envelopes, letters)
-        with airflow_io.engine().connect() as conn:
+        sqs_source.settle_sqs(source, dlq, envelopes, letters)
+        with db.engine().connect() as conn:
             rows = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.body)).all())
     finally:
-        airflow_io.engine.cache_clear()
+        db.engine.cache_clear()
         event_sqs._clients.clear()
     assert rows[huge_id].encode("utf-8") == huge.encode("utf-8")
     assert rows[large_id].encode("utf-8") == large.encode("utf-8")

@@ -1,4 +1,4 @@
-"""A task's hold on its SQS messages (``include/event_pipelines/heartbeat.py`` through ``airflow_io.SqsSource``):
+"""A task's hold on its SQS messages (``include/event_pipelines/heartbeat.py`` through ``sqs_source.SqsSource``):
 extended while the task works, never after it is settled, and a failure gives back only what the task held."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine
 
-from include.event_pipelines import airflow_io
+from include.event_pipelines import db, kafka_source, sqs_source
 from include.event_pipelines.heartbeat import Holding
 from include.event_pipelines.messages import Envelope
 
@@ -64,10 +64,10 @@ def test_a_mapped_task_that_fails_gives_back_only_its_own_unsettled_batch(monkey
     """Two tasks of one run in their own processes: each holds its batch; the failing one's callback sees only its
     own messages, not the sibling's, and not the one it had already settled."""
     extended: list[tuple[list[str], int]] = []
-    monkeypatch.setattr(airflow_io, "extend_sqs_visibility",
+    monkeypatch.setattr(sqs_source, "extend_sqs_visibility",
                         lambda url, envs, seconds: extended.append(([e.message_id for e in envs], seconds)))
-    monkeypatch.setattr(airflow_io, "settle_sqs", lambda *args: None)
-    failing, sibling = airflow_io.SqsSource("q", "dlq"), airflow_io.SqsSource("q", "dlq")  # one per task process
+    monkeypatch.setattr(sqs_source, "settle_sqs", lambda *args: None)
+    failing, sibling = sqs_source.SqsSource("q", "dlq"), sqs_source.SqsSource("q", "dlq")  # one per task process
     with sibling.holding(_msgs("s1", "s2")):
         sibling.settle(_msgs("s1", "s2"), [])
     with pytest.raises(RuntimeError), failing.holding(_msgs("m1", "m2", "m3")):
@@ -75,8 +75,8 @@ def test_a_mapped_task_that_fails_gives_back_only_its_own_unsettled_batch(monkey
         raise RuntimeError("model endpoint down")
     assert [e.message_id for e in failing.held() or []] == ["m2", "m3"]
     assert sibling.held() == []
-    assert (["m1", "m2", "m3"], airflow_io.config.SQS_VISIBILITY_TIMEOUT) in extended  # held at once, for the budget
-    assert airflow_io.KafkaSource("dlq").held() is None
+    assert (["m1", "m2", "m3"], sqs_source.config.SQS_VISIBILITY_TIMEOUT) in extended  # held at once, for the budget
+    assert kafka_source.KafkaSource("dlq").held() is None
 
 
 def test_taking_a_runs_messages_marks_them_taken_for_the_trigger(engine: Engine, monkeypatch: pytest.MonkeyPatch
@@ -85,8 +85,8 @@ def test_taking_a_runs_messages_marks_them_taken_for_the_trigger(engine: Engine,
     queued, stops extending them (``event_streams.taken_messages``); the task's own hold does from now on."""
     from event_streams import taken_messages
 
-    monkeypatch.setattr(airflow_io, "engine", lambda: engine)
+    monkeypatch.setattr(db, "engine", lambda: engine)
     envelopes = [Envelope(source="sqs", message_id=f"m{i}", body="{}", receipt_handle=f"rh-{i}") for i in range(3)]
-    assert airflow_io.SqsSource("q", "dlq").take(envelopes, "inference_execution") == envelopes
+    assert sqs_source.SqsSource("q", "dlq").take(envelopes, "inference_execution") == envelopes
     assert taken_messages.taken(engine, "q", ["m0", "m1", "m2", "m3"]) == {"m0", "m1", "m2"}
     assert taken_messages.taken(engine, "other-queue", ["m0"]) == set()

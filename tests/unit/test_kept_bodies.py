@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from event_streams import payload
 from event_streams import sqs as event_sqs
-from include.event_pipelines import airflow_io, config, db
+from include.event_pipelines import config, db, sqs_source
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events
 
 QUEUE = "http://sqs.local/000000000000/inference-requests"
@@ -116,10 +116,10 @@ def test_settle_sends_the_kept_body_when_it_fits_else_a_stand_in(engine: Engine,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeSqs()
     monkeypatch.setattr(event_sqs, "client", lambda *a, **k: fake)
-    monkeypatch.setattr(airflow_io, "engine", lambda *a: engine)
+    monkeypatch.setattr(db, "engine", lambda *a: engine)
     _keep(engine, [("large", LARGE), ("huge", HUGE)])
     envelopes = [_omitted("large", LARGE, ORIGINALS), _omitted("huge", HUGE, ORIGINALS)]
-    airflow_io.settle_sqs(QUEUE, DLQ, envelopes, [{"message_id": e.message_id, "reason": "too big"}
+    sqs_source.settle_sqs(QUEUE, DLQ, envelopes, [{"message_id": e.message_id, "reason": "too big"}
                                                   for e in envelopes])
     copies = {e["MessageAttributes"]["source_message_id"]["StringValue"]: e for e in fake.sent}
     assert copies["large"]["MessageBody"] == LARGE  # the original content, not a stand-in
@@ -143,14 +143,14 @@ def test_a_dlq_copy_keeps_the_original_attributes_ours_win_and_never_more_than_t
     clash = (_attribute("source_queue", "String", "elsewhere"),)
     envelope = Envelope(source="sqs", message_id="m-1", body='{"x": 1}', receipt_handle="rh",
                         sqs_attributes=clash + originals)
-    mid, body, attributes = airflow_io._dlq_copy(QUEUE, envelope, "does not match")
+    mid, body, attributes = sqs_source._dlq_copy(QUEUE, envelope, "does not match")
     assert (mid, body) == ("m-1", '{"x": 1}')
     assert len(attributes) == 10
     assert list(attributes)[:3] == ["reason", "source_message_id", "source_queue"]
     assert attributes["source_queue"] == QUEUE and attributes["reason"] == "does not match"
     assert {k: v for k, v in attributes.items() if k.startswith("a")} == {
         f"a{i}": ("Number.int", str(i)) if i % 2 else ("String", str(i)) for i in range(7)}  # the first that fit
-    stand_in = airflow_io._stand_in(QUEUE, envelope, "does not match")[2]
+    stand_in = sqs_source._stand_in(QUEUE, envelope, "does not match")[2]
     assert len(stand_in) == 10 and stand_in["body_kept_in"] == "dead_letters" and "a5" in stand_in
     assert "a6" not in stand_in  # one more of ours, one fewer of theirs
 
@@ -160,7 +160,7 @@ def test_original_attributes_that_would_push_the_copy_over_sqs_limit_are_left_ou
     envelope = Envelope(source="sqs", message_id="m-1", body=body, sqs_attributes=(
         _attribute("big", "String", "v" * 1000),
         _attribute("small", "String", "v")))
-    _, sent, attributes = airflow_io._dlq_copy(QUEUE, envelope, "r")
+    _, sent, attributes = sqs_source._dlq_copy(QUEUE, envelope, "r")
     assert sent == body and "big" not in attributes and attributes["small"] == ("String", "v")
     assert event_sqs.message_bytes(sent, attributes) <= event_sqs.MAX_BATCH_BYTES
 

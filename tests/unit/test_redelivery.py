@@ -53,7 +53,7 @@ class RecordingSource:
 
 @pytest.fixture
 def wired(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> RecordingSource:
-    monkeypatch.setattr(airflow_io, "engine", lambda: engine)
+    monkeypatch.setattr(db, "engine", lambda: engine)
     monkeypatch.setattr(airflow_io.config, "MAX_FAILED_RUNS", 2)
     return RecordingSource()
 
@@ -92,7 +92,7 @@ def test_the_failure_callback_never_raises(wired: RecordingSource, monkeypatch: 
     def broken() -> Engine:
         raise RuntimeError("database down")
 
-    monkeypatch.setattr(airflow_io, "engine", broken)
+    monkeypatch.setattr(db, "engine", broken)
     airflow_io.on_failure(ASSET, wired)(_context("run-1", "m1"))  # logged, not raised
     assert wired.given_back == []
 

@@ -1,4 +1,4 @@
-"""Overlapping Kafka runs keep each partition's order (include/event_pipelines/airflow_io.py ``_await_earlier_runs``):
+"""Overlapping Kafka runs keep each partition's order (include/event_pipelines/kafka_source.py ``_await_earlier_runs``):
 a run whose records follow records of the run before it waits for that run to settle them, and stops waiting when
 a run of its DAG failed for good or the wait's bound is reached. The events database is real SQLite; the earlier
 run settles through ``event_streams.kafka_offsets.commit_settled`` with a scripted consumer group."""
@@ -14,7 +14,7 @@ from confluent_kafka import OFFSET_INVALID, TopicPartition
 from sqlalchemy import Engine
 
 from event_streams.kafka_offsets import commit_settled
-from include.event_pipelines import airflow_io, redelivery
+from include.event_pipelines import db, kafka_source, redelivery
 from include.event_pipelines.messages import Envelope
 
 T, GROUP, DAG = "iot-readings", "airflow.iot_alerting", "iot_alerting"
@@ -45,7 +45,7 @@ class Group:
 @pytest.fixture
 def settled(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Runs 1 and 2 settled offsets 0-9 of partitions 0 and 1 (the events database knows the partitions)."""
-    monkeypatch.setattr(airflow_io, "engine", lambda: engine)
+    monkeypatch.setattr(db, "engine", lambda: engine)
     group = Group()
     commit_settled(engine, group, GROUP, records(range(0, 10)) + records(range(0, 10), partition=1))
     return lambda envelopes: commit_settled(engine, group, GROUP, envelopes)
@@ -56,12 +56,12 @@ def test_a_run_waits_for_the_run_before_it_then_applies_everything(settled: Any)
     later = threading.Timer(0.6, settled, args=(earlier,))  # the run before this one settles 10-19 in 0.6 s
     later.start()
     started = time.monotonic()
-    late = airflow_io._await_earlier_runs(GROUP, mine, {(T, 0): 10, (T, 1): 10}, DAG, wait_seconds=10,
+    late = kafka_source._await_earlier_runs(GROUP, mine, {(T, 0): 10, (T, 1): 10}, DAG, wait_seconds=10,
                                           poll_seconds=0.05)
     took = time.monotonic() - started
     later.join()
     assert late == [] and 0.5 <= took < 5, took
-    assert airflow_io.hold_unsettled(mine, DAG) == mine  # and the database alone now says so
+    assert kafka_source.hold_unsettled(mine, DAG) == mine  # and the database alone now says so
 
 
 def test_a_run_of_the_dag_failing_for_good_ends_the_wait_and_its_successors_are_held(
@@ -72,7 +72,7 @@ def test_a_run_of_the_dag_failing_for_good_ends_the_wait_and_its_successors_are_
         engine, DAG, "run-1", "evaluate_and_alert", [e.message_id for e in records(range(10, 20))], "boom"))
     failing.start()
     started = time.monotonic()
-    late = airflow_io._await_earlier_runs(GROUP, mine, {(T, 0): 10, (T, 1): 10}, DAG, wait_seconds=30,
+    late = kafka_source._await_earlier_runs(GROUP, mine, {(T, 0): 10, (T, 1): 10}, DAG, wait_seconds=30,
                                           poll_seconds=0.05)
     failing.join()
     assert time.monotonic() - started < 5
@@ -86,5 +86,5 @@ def test_failures_elsewhere_do_not_end_the_wait_its_bound_does(settled: Any, eng
     redelivery.record_failure(engine, DAG, "run-y", "evaluate_and_alert", [f"{T}/1/10"], "boom")
     mine = records(range(20, 22))
     started = time.monotonic()
-    late = airflow_io._await_earlier_runs(GROUP, mine, {(T, 0): 10}, DAG, wait_seconds=0.5, poll_seconds=0.05)
+    late = kafka_source._await_earlier_runs(GROUP, mine, {(T, 0): 10}, DAG, wait_seconds=0.5, poll_seconds=0.05)
     assert late == mine and 0.5 <= time.monotonic() - started < 5
