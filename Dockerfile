@@ -31,4 +31,4 @@ ENV AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=include.event_pipelines.celery_worker
 # provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,
 # and Airflow discovers the schemes through its apache_airflow_provider entry point. Astro Runtime's ONBUILD steps have
 # already copied the project into /usr/local/airflow and installed requirements.txt (its dependencies) by now.
-RUN pip install --no-cache-dir /usr/local/airflow/providers/event-streams
+RUN pip install --no-cache-dir "/usr/local/airflow/providers/event-streams[sqs,kafka]"

@@ -50,7 +50,7 @@ test-ha: venv
 test-postgres: venv
 	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/e2e
 
-## test-copy: docs/copy-a-pipeline.md done for iot_alerting in a fresh Astro scaffold, with its own
+## test-copy: docs/copy-a-pipeline.md done for each pipeline in a fresh Astro scaffold, with its own
 ## virtualenv: Astro's DAG integrity test there, then the pipeline's end-to-end test on the real stack running it
 test-copy: venv
 	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/copy

@@ -102,7 +102,8 @@ class Stack:
     def collect(self, records: list[dict[str, Any]], timeout: float = 240, until_finished: bool = True) -> summary.Report:
         reports = summary.collect(
             records, self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], self.events_url,
-            bootstrap=self.bootstrap, alerts_topic="iot-alerts", sqs=self.sqs(),
+            bootstrap=self.bootstrap, alerts_topic="iot-alerts",
+            sqs=self.sqs() if any(summary.DLQ_OF[r["pipeline"]][0] == "sqs" for r in records) else None,
             reply_queue_url=f"{self.info['SQS_QUEUE_URL_PREFIX']}/inference-replies", timeout=timeout,
             until_finished=until_finished, seen=self.seen,
         )

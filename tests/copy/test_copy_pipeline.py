@@ -1,11 +1,12 @@
-"""Copy one pipeline into a fresh Astro project exactly as docs/copy-a-pipeline.md says.
+"""Copy each pipeline into a fresh Astro project exactly as docs/copy-a-pipeline.md says.
 
 The scaffold has the files `astro dev init` writes for Airflow 3 (Dockerfile, requirements.txt, packages.txt,
 airflow_settings.yaml, .astro/ with Astro's DAG integrity test, dags/ with an example DAG, include/, plugins/, tests/);
-the test copies the paths of ``iot_alerting``'s manifest (docs/copy/iot_alerting.yaml), adds its requirement and
+per pipeline, the test copies the paths of its manifest (docs/copy/<pipeline>.yaml), adds its requirement and
 Dockerfile lines and its connections, builds a virtualenv from the scaffold's own requirements.txt (and the
-Dockerfile's provider install), runs Astro's integrity test there, then the pipeline's end-to-end test on the real
-stack running the scaffold.
+Dockerfile's provider install, with the pipeline's broker extra), checks that the other broker's packages were not
+installed, runs Astro's integrity test there, then the pipeline's end-to-end test on the real stack running the
+scaffold (the runner's own needs added to the virtualenv first: it creates Kafka topics with confluent-kafka).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-PIPELINE = "iot_alerting"
+PIPELINES = ("iot_alerting", "data_delivery_etl", "inference_execution")
+E2E = {"iot_alerting": "iot", "data_delivery_etl": "etl", "inference_execution": "inference"}  # pytest -k
+# What a copy must not pull in: the other broker's client and provider.
+NOT_INSTALLED = {
+    "iot_alerting": ("apache-airflow-providers-amazon", "boto3", "botocore", "aiobotocore"),
+    "data_delivery_etl": ("apache-airflow-providers-apache-kafka", "confluent-kafka"),
+    "inference_execution": ("apache-airflow-providers-apache-kafka", "confluent-kafka"),
+}
+LAB = ("confluent-kafka==2.16.1",)  # the native runner's own needs (Kafka topics), added after the check
 
 # What `astro dev init` writes (Astro CLI 1.x, Airflow 3), with contents reduced to what the test needs; Astro's
 # two tests are the ones this repository keeps (fixed for Airflow 3.3.2).
@@ -110,21 +119,31 @@ def make_venv(project: Path) -> Path:
     venv = project / ".venv"
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
-    dockerfile_installs = [line.split("/usr/local/airflow/", 1)[1] for line in (project / "Dockerfile").read_text()
-                           .splitlines() if line.startswith("RUN pip install")]
+    dockerfile_installs = [line.split("/usr/local/airflow/", 1)[1].strip('"') for line in
+                           (project / "Dockerfile").read_text().splitlines() if line.startswith("RUN pip install")]
     subprocess.run([uv, "pip", "install", "-q", "--python", str(python), "apache-airflow==3.3.2", "pytest==9.2.0",
                     "-r", str(project / "requirements.txt"), *[str(project / p) for p in dockerfile_installs]],
                    check=True, cwd=project)
     return python
 
 
-def test_one_pipeline_copied_into_a_fresh_astro_project_passes_astro_checks_and_runs_end_to_end(
-    tmp_path: Path, report_line
+def installed(python: Path, names: tuple[str, ...]) -> list[str]:
+    """Which of these distributions the virtualenv of ``python`` has."""
+    script = "import importlib.metadata as m, sys\nfor n in sys.argv[1:]:\n    try: m.distribution(n); print(n)\n" \
+             "    except m.PackageNotFoundError: pass"
+    out = subprocess.run([str(python), "-c", script, *names], check=True, capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_a_pipeline_copied_into_a_fresh_astro_project_passes_astro_checks_and_runs_end_to_end(
+    pipeline: str, tmp_path: Path, report_line
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    spec = make_project(project, PIPELINE)
+    spec = make_project(project, pipeline)
     python = make_venv(project)
+    assert installed(python, NOT_INSTALLED[pipeline]) == [], f"the {pipeline} copy pulled in another broker's packages"
     copied = [p for p in project.rglob("*") if p.is_file() and ".venv" not in p.parts]
     shipped = [p for p in copied if not any(str(p.relative_to(project)).startswith(n) for n in (*SCAFFOLD, *FROM_THIS_REPO))]
 
@@ -138,14 +157,16 @@ def test_one_pipeline_copied_into_a_fresh_astro_project_passes_astro_checks_and_
 
     if not (shutil.which("java") and shutil.which("mvn")):
         pytest.fail("java and mvn are needed for the end-to-end part") if os.environ.get("CI") else pytest.skip("no java")
-    e2e_env = {**os.environ, "DEVSTACK_PROJECT": str(project), "DEVSTACK_DAG_IDS": PIPELINE,
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(python), *LAB], check=True)
+    e2e_env = {**os.environ, "DEVSTACK_PROJECT": str(project), "DEVSTACK_DAG_IDS": pipeline,
                "AIRFLOW_HOME": str(tmp_path / "e2e-home"), "PYTHONPATH": str(ROOT)}
     e2e = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                          "tests/e2e/test_pipelines_e2e.py", "-k", "iot"],
+                          "tests/e2e/test_pipelines_e2e.py", "-k", E2E[pipeline]],
                          cwd=ROOT, env=e2e_env, capture_output=True, text=True, timeout=1200)
     assert e2e.returncode == 0, e2e.stdout[-5000:] + e2e.stderr[-3000:]
     e2e_summary = e2e.stdout.strip().splitlines()[-1]
     assert "1 passed" in e2e_summary
-    report_line(f"copy {PIPELINE}: {len(spec['files'])} paths ({len(shipped)} files), "
+    report_line(f"copy {pipeline}: {len(spec['files'])} paths ({len(shipped)} files), "
                 f"{len(spec['requirements'])} requirement lines, {len(spec['dockerfile'])} Dockerfile lines, "
                 f"connections {spec['connections']}; Astro's tests: {astro_summary}; e2e from the scaffold: {e2e_summary}")
