@@ -147,12 +147,23 @@ def test_a_plugin_imports_the_core_and_at_most_the_pipeline_it_is_named_after(pl
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_the_copy_manifest_has_the_plugins_a_pipeline_needs(pipeline: str) -> None:
-    """The shared plugin (listener, pre-imports) and the pipeline's own plugin, if it has one, are in its copy manifest
-    (docs/copy/<pipeline>.yaml, shown by docs/copy-a-pipeline.md)."""
+    """The pipeline's own plugin, if it has one, is in its copy manifest (docs/copy/<pipeline>.yaml, shown by
+    docs/copy-a-pipeline.md); the shared one (listener, pre-imports) is the provider's, registered by its
+    distribution, so no project plugin is shared."""
     import yaml
 
     manifest = ROOT / "docs" / "copy" / f"{pipeline}.yaml"
     assert manifest.is_file(), f"no copy manifest for {pipeline}: {manifest.relative_to(ROOT)}"
     files = set(yaml.safe_load(manifest.read_text())[pipeline]["files"])
-    needed = {f"plugins/{p.name}" for p in PLUGIN_FILES if p.stem in ("event_pipelines_plugin", f"{pipeline}_plugin")}
-    assert "plugins/event_pipelines_plugin.py" in needed and needed <= files, sorted(needed - files)
+    needed = {f"plugins/{p.name}" for p in PLUGIN_FILES if p.stem == f"{pipeline}_plugin"}
+    assert needed <= files, sorted(needed - files)
+    assert all(p.stem.removesuffix("_plugin") in PIPELINES for p in PLUGIN_FILES), "a plugin no pipeline owns"
+
+
+def test_the_provider_registers_the_shared_plugin() -> None:
+    """The stranded-events listener and the pre-imports come with the provider (entry point airflow.plugins)."""
+    from importlib.metadata import entry_points
+
+    [plugin] = [e for e in entry_points(group="airflow.plugins") if e.name == "event_streams"]
+    loaded = plugin.load()
+    assert [m.__name__ for m in loaded.listeners] == ["event_streams.stranded_events"]

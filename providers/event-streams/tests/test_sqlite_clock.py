@@ -9,7 +9,7 @@ from sqlalchemy import Column, MetaData, Table, create_engine, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TIMESTAMP
 
-from include.event_pipelines import sqlite_clock
+from event_streams import sqlite_clock
 
 
 def test_a_run_after_a_few_milliseconds_ago_is_due_at_once_and_a_later_one_is_not() -> None:

@@ -2,7 +2,7 @@
 
 Events queued after a run's first event but before the run is created are consumed by nobody until another event
 arrives (measured: the last 1-3 of 20 Kafka readings, 62-65 of every 2,000-message burst). This scheduler listener
-(``plugins/event_pipelines_plugin.py``) runs whenever an asset-triggered run starts
+(registered by the provider's plugin, ``event_streams.plugin``) runs whenever an asset-triggered run starts
 or finishes and, if the DAG's assets have events newer than its newest asset-triggered run and no queue row, adds
 the row: an event is processed at most one run later.
 """

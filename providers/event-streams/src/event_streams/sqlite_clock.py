@@ -2,7 +2,8 @@
 
 The scheduler starts a queued run only once ``dag_run.run_after <= now()``. SQLAlchemy compiles ``now()`` on SQLite
 to ``CURRENT_TIMESTAMP``, which has whole seconds (``2026-11-26 13:40:05``) and is compared as text with the stored
-microseconds (``2026-11-26 13:40:05.123456``), so every run waited for the next whole second. Loaded by the plugin;
+microseconds (``2026-11-26 13:40:05.123456``), so every run waited for the next whole second. Loaded by the
+provider's plugin (``event_streams.plugin``);
 PostgreSQL (``astro dev start``) is not affected.
 """
 
