@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from include.event_pipelines import config, db, faults, runstats
+from include.event_pipelines import config, db, faults, metrics, runstats
 from include.event_pipelines.kafka_source import KafkaSource
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
 from include.event_pipelines.sqs_source import SqsSource
@@ -46,7 +46,10 @@ def run_messages(
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
     envelopes += envelopes_from_conf(dag_run.run_id, (dag_run.conf or {}).get("messages", []))
     envelopes = source.take(envelopes, dag_run.dag_id)
-    envelopes, exhausted = redelivery.split_exhausted(db.engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS)
+    failed_before = redelivery.failures(db.engine(), dag_run.dag_id, [e.message_id for e in envelopes])
+    taken = envelopes
+    envelopes, exhausted = redelivery.split_exhausted(db.engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS,
+                                                      counts=failed_before)
     if exhausted:
         letters = [dead_letter_row(x.envelope, x.reason) for x in exhausted]
         with db.engine().begin() as conn:
@@ -55,7 +58,9 @@ def run_messages(
         log.error("dead-lettered %d message(s) that failed for good: %s", len(letters),
                   [(x["message_id"], x["reason"]) for x in letters[:5]])
     start = dag_run.start_date or context["ti"].start_date
-    summary = runstats.summarize(start, envelopes, produced_at_field)
+    waits = runstats.waits(start, envelopes, produced_at_field)
+    summary = runstats.summary_of(len(envelopes), waits)
+    metrics.run_taken(dag_run.dag_id, len(taken), len(failed_before), sum(e.source == "manual" for e in taken), waits)
     log.info("run %s: %s", dag_run.run_id, json.dumps(summary))
     if envelopes:
         runstats.record(db.engine(), dag_run.dag_id, dag_run.run_id, summary)

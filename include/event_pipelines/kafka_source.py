@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from include.event_pipelines import config, db
+from include.event_pipelines import config, db, metrics
 from include.event_pipelines.messages import Envelope
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class KafkaSource:
 
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_kafka(self.dlq_topic, envelopes, dead_letters)
+        metrics.settled_batch(envelopes, dead_letters)
 
     def held(self) -> list[Envelope] | None:
         """None: a Kafka run's records are the run's as a whole (its one task), nothing is held per task."""

@@ -6,7 +6,7 @@ first task dead-letters it with the last error once it has been in ``max_failed_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,10 +72,13 @@ def failed_offsets(
 
 
 def split_exhausted(
-    engine: Engine, dag_id: str, envelopes: Sequence[Envelope], max_failed_runs: int
+    engine: Engine, dag_id: str, envelopes: Sequence[Envelope], max_failed_runs: int,
+    counts: Mapping[str, tuple[int, str]] | None = None,
 ) -> tuple[list[Envelope], list[Exhausted]]:
-    """The run's messages to process, and those that already failed ``max_failed_runs`` runs (to dead-letter)."""
-    counts = failures(engine, dag_id, [e.message_id for e in envelopes])
+    """The run's messages to process, and those that already failed ``max_failed_runs`` runs (to dead-letter).
+    ``counts``: ``failures`` of these messages, when the caller has them already."""
+    if counts is None:
+        counts = failures(engine, dag_id, [e.message_id for e in envelopes])
     keep: list[Envelope] = []
     done: list[Exhausted] = []
     for env in envelopes:

@@ -38,17 +38,24 @@ def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:
     return stamp if stamp is not None and stamp.tzinfo is not None else None
 
 
+def waits(run_start: datetime, envelopes: Sequence[Envelope], body_field: str | None) -> list[float]:
+    """Each message's wait in seconds (producer timestamp -> run start), in the run's order. A producer timestamp
+    after the run started says nothing about the wait (a skewed or hostile clock): left out, like a missing one."""
+    stamps = (produced_at(e, body_field) for e in envelopes)
+    return [(run_start - t).total_seconds() for t in stamps if t is not None and t <= run_start]
+
+
 def summarize(
     run_start: datetime, envelopes: Sequence[Envelope], body_field: str | None
 ) -> dict[str, float | int | None]:
-    # A producer timestamp after the run started says nothing about the wait (a skewed or hostile clock): left out.
-    waits = sorted(
-        (run_start - t).total_seconds()
-        for t in (produced_at(e, body_field) for e in envelopes)
-        if t is not None and t <= run_start
-    )
+    return summary_of(len(envelopes), waits(run_start, envelopes, body_field))
+
+
+def summary_of(messages: int, run_waits: Sequence[float]) -> dict[str, float | int | None]:
+    """The run's batch size and the median and longest wait of its messages."""
+    waits = sorted(run_waits)
     return {
-        "messages": len(envelopes),
+        "messages": messages,
         "wait_p50_s": round(statistics.median(waits), 3) if waits else None,
         "wait_max_s": round(waits[-1], 3) if waits else None,
     }

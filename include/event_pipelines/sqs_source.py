@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from include.event_pipelines import config, db
+from include.event_pipelines import config, db, metrics
 from include.event_pipelines.heartbeat import Holding
 from include.event_pipelines.messages import Envelope
 
@@ -51,6 +51,7 @@ class SqsSource:
     def settle(self, envelopes: Sequence[Envelope], dead_letters: Sequence[Mapping[str, Any]]) -> None:
         settle_sqs(self.queue_url, self.dlq_url, envelopes, dead_letters)
         self._holding.release(envelopes)
+        metrics.settled_batch(envelopes, dead_letters)
 
     def give_back(self, envelopes: Sequence[Envelope]) -> None:
         """After a task failed for good: the messages it held (undeleted) come back after
