@@ -48,8 +48,7 @@ def run_messages(
     envelopes = source.take(envelopes, dag_run.dag_id)
     failed_before = redelivery.failures(db.engine(), dag_run.dag_id, [e.message_id for e in envelopes])
     taken = envelopes
-    envelopes, exhausted = redelivery.split_exhausted(db.engine(), dag_run.dag_id, envelopes, config.MAX_FAILED_RUNS,
-                                                      counts=failed_before)
+    envelopes, exhausted = redelivery.split_exhausted(envelopes, failed_before, config.MAX_FAILED_RUNS)
     if exhausted:
         letters = [dead_letter_row(x.envelope, x.reason) for x in exhausted]
         with db.engine().begin() as conn:

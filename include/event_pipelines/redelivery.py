@@ -72,13 +72,10 @@ def failed_offsets(
 
 
 def split_exhausted(
-    engine: Engine, dag_id: str, envelopes: Sequence[Envelope], max_failed_runs: int,
-    counts: Mapping[str, tuple[int, str]] | None = None,
+    envelopes: Sequence[Envelope], counts: Mapping[str, tuple[int, str]], max_failed_runs: int
 ) -> tuple[list[Envelope], list[Exhausted]]:
-    """The run's messages to process, and those that already failed ``max_failed_runs`` runs (to dead-letter).
-    ``counts``: ``failures`` of these messages, when the caller has them already."""
-    if counts is None:
-        counts = failures(engine, dag_id, [e.message_id for e in envelopes])
+    """The run's messages to process, and those that already failed ``max_failed_runs`` runs (to dead-letter), from
+    the ``failures`` of these messages."""
     keep: list[Envelope] = []
     done: list[Exhausted] = []
     for env in envelopes:

@@ -71,7 +71,8 @@ def test_messages_at_the_limit_are_split_off_with_the_last_error(engine: Engine)
     for run in ("r1", "r2"):
         redelivery.record_failure(engine, "d", run, "t", ["a"], f"RuntimeError: broker down in {run}")
     redelivery.record_failure(engine, "d", "r1", "t", ["b"], "once")
-    keep, exhausted = redelivery.split_exhausted(engine, "d", envs, max_failed_runs=2)
+    counts = redelivery.failures(engine, "d", [e.message_id for e in envs])
+    keep, exhausted = redelivery.split_exhausted(envs, counts, max_failed_runs=2)
     assert [e.message_id for e in keep] == ["b", "c"]
     [x] = exhausted
     assert (x.envelope.message_id, x.failed_runs) == ("a", 2)
