@@ -41,6 +41,11 @@ def streaming_kafka() -> bool:
     return KAFKA_WATCHER_SCHEME == "kafka+stream"
 
 
+def streaming_sqs() -> bool:
+    """Whether the SQS watcher is the streaming trigger (which keeps a message invisible until its run takes it)."""
+    return SQS_WATCHER_SCHEME == "sqs+stream"
+
+
 def kafka_group(group_id: str) -> dict[str, str]:
     """The streaming Kafka watcher's own consumer group (``group_id``) and the events database holding the offsets
     its runs committed (``settled_conn_id``: where it resumes if the broker dropped them). Empty for the stock
@@ -52,7 +57,7 @@ def sqs_stream_kwargs() -> dict[str, str]:
     """The streaming SQS watcher's events database (``kept_conn_id``: where it keeps the bodies too large for an
     asset event before handing their messages on, so the run can dead-letter them whole). Empty for the stock
     trigger (``SqsSensorTrigger`` rejects arguments it does not know)."""
-    return {"kept_conn_id": DB_CONN_ID} if SQS_WATCHER_SCHEME == "sqs+stream" else {}
+    return {"kept_conn_id": DB_CONN_ID} if streaming_sqs() else {}
 
 
 # --- runs that fail for good (docs/delivery-guarantees.md "Runs that fail for good") ---
