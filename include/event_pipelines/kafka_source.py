@@ -111,25 +111,19 @@ def hold_unsettled(envelopes: Sequence[Envelope], dag_id: str = "", wait_seconds
     records, once it has stood still for ``KAFKA_REDELIVERY_SECONDS``. What the runs committed (the events database)
     usually settles the question, waiting included; the broker is asked only when it does not.
     """
-    from event_streams.kafka_offsets import in_order, settled_in_database, settled_through
+    from event_streams.kafka_offsets import in_order, settled_in_database
 
     held: list[Envelope] = []
     for group, members in _by_group(envelopes).items():
         partitions = {(e.topic, e.partition) for e in members if e.topic is not None and e.partition is not None}
         known = settled_in_database(db.engine(), group, partitions) if group else {}
-        waited = False
-        if known.keys() >= partitions:  # the runs' own records answer: no broker call unless still late after
-            late = in_order(members, known)[1]
-            if late and group and wait_seconds > 0:
-                late, waited = _await_earlier_runs(group, members, known, dag_id, wait_seconds), True
-            if not late:
-                continue
-        with _group_consumer(group, members) as (consumer, hook):
-            through = settled_through(db.engine(), consumer, hook.effective_config["group.id"], partitions,
-                                      from_beginning=hook.from_beginning)
+        from_database = known.keys() >= partitions  # the runs' own records answer, with no broker call
+        through = known if from_database else _broker_through(group, members, partitions)
         late = in_order(members, through)[1]
-        if late and group and wait_seconds > 0 and not waited:
+        if late and group and wait_seconds > 0:
             late = _await_earlier_runs(group, members, through, dag_id, wait_seconds)
+        if late and from_database:  # still late by the database alone: the broker may know more (committed gaps)
+            late = in_order(members, _broker_through(group, members, partitions))[1]
         held += late
     if not held:
         return list(envelopes)
@@ -137,6 +131,17 @@ def hold_unsettled(envelopes: Sequence[Envelope], dag_id: str = "", wait_seconds
                 "watcher reads them again after it: %s", len(held), [e.message_id for e in held[:5]])
     skip = {id(e) for e in held}
     return [e for e in envelopes if id(e) not in skip]
+
+
+def _broker_through(group: str | None, members: Sequence[Envelope],
+                    partitions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """``event_streams.kafka_offsets.settled_through``: the committed offsets (asked of the broker) advanced through
+    the settled ranges, per partition."""
+    from event_streams.kafka_offsets import settled_through
+
+    with _group_consumer(group, members) as (consumer, hook):
+        return settled_through(db.engine(), consumer, hook.effective_config["group.id"], partitions,
+                               from_beginning=hook.from_beginning)
 
 
 def _await_earlier_runs(group: str, members: Sequence[Envelope], through: Mapping[tuple[str, int], int],
