@@ -39,7 +39,8 @@ class Report:
     tasks: Counter = field(default_factory=Counter)
     rows: int = 0
     outputs: dict[str, int] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # publish -> DAG run start
+    task_latencies: list[float] = field(default_factory=list)  # publish -> its run's first task start
     missing: list[str] = field(default_factory=list)
 
     @property
@@ -47,10 +48,10 @@ class Report:
         unfinished = {s: n for s, n in self.runs.items() if s != "success"}
         return not self.missing and not unfinished and self.runs.total() > 0
 
-    def latency(self, q: float) -> float | None:
-        if not self.latencies:
+    def latency(self, q: float, task: bool = False) -> float | None:
+        values = sorted(self.task_latencies if task else self.latencies)
+        if not values:
             return None
-        values = sorted(self.latencies)
         return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
@@ -79,6 +80,14 @@ def message_runs(airflow: Engine, dag_id: str) -> dict[str, tuple[str, datetime 
             for env in envelopes_from_asset_events([extra]):
                 out.setdefault(env.message_id, (run_id, _ts(start) if start else None, state))
     return out
+
+
+def first_task_starts(airflow: Engine, dag_id: str) -> dict[str, datetime]:
+    """run_id -> when its first task started."""
+    sql = text("SELECT run_id, MIN(start_date) FROM task_instance WHERE dag_id = :dag_id AND start_date IS NOT NULL"
+               " GROUP BY run_id")
+    with airflow.connect() as conn:
+        return {run_id: _ts(start) for run_id, start in conn.execute(sql, {"dag_id": dag_id})}
 
 
 def timeline(airflow_url: str, dag_id: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
@@ -291,6 +300,10 @@ def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply
             rep.missing.append(f"message {r['message_id']} is in no DAG run")
         elif run[1] is not None:
             rep.latencies.append((run[1] - _ts(r["published_at"])).total_seconds())
+    first_task = first_task_starts(airflow, DAG_OF[pipeline])
+    for r in recs:
+        if (run := runs.get(r["message_id"])) is not None and (task := first_task.get(run[0])) is not None:
+            rep.task_latencies.append((task - _ts(r["published_at"])).total_seconds())
     rep.runs, rep.tasks = run_and_task_states(airflow, DAG_OF[pipeline], {runs[r["message_id"]][0] for r in recs if r["message_id"] in runs})
 
     good = [r for r in recs if not ({"dead_letter_reason_contains", "quarantine_reason_contains"} & set(r["expect"]))]
@@ -339,13 +352,13 @@ def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply
 
 def render(reports: dict[str, Report]) -> str:
     lines = [f"{'pipeline':<10} {'sent':>5} {'runs':>5} {'run states':<22} {'task states':<32} {'rows':>5} "
-             f"{'outputs':<46} {'p50 s':>6} {'p95 s':>6}  result"]
+             f"{'outputs':<46} {'p50 s':>6} {'p95 s':>6} {'task50':>6}  result"]
     for p, r in reports.items():
         fmt = lambda v: f"{v:6.2f}" if v is not None else "     -"  # noqa: E731
         outputs = ", ".join(f"{k}={v}" for k, v in r.outputs.items())
         lines.append(
             f"{p:<10} {r.published:>5} {r.runs.total():>5} {json.dumps(dict(r.runs)):<22} {json.dumps(dict(r.tasks)):<32} "
-            f"{r.rows:>5} {outputs:<46} {fmt(r.latency(0.5))} {fmt(r.latency(0.95))}  {'OK' if r.ok else 'MISSING'}"
+            f"{r.rows:>5} {outputs:<46} {fmt(r.latency(0.5))} {fmt(r.latency(0.95))} {fmt(r.latency(0.5, task=True))}  {'OK' if r.ok else 'MISSING'}"
         )
         lines += [f"    missing: {m}" for m in r.missing[:10]]
     return "\n".join(lines)
@@ -354,4 +367,5 @@ def render(reports: dict[str, Report]) -> str:
 def statistics_of(reports: dict[str, Report]) -> dict[str, Any]:
     return {p: {"published": r.published, "runs": dict(r.runs), "tasks": dict(r.tasks), "rows": r.rows,
                 **r.outputs, "p50_s": r.latency(0.5), "p95_s": r.latency(0.95),
+                "first_task_p50_s": r.latency(0.5, task=True),
                 "mean_s": statistics.fmean(r.latencies) if r.latencies else None, "ok": r.ok} for p, r in reports.items()}
