@@ -37,20 +37,17 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from pendulum import datetime, duration
 
-from include.data_delivery_etl import hooks, settings
+from include.data_delivery_etl import clients, settings
 from include.data_delivery_etl import pipeline as etl
 from include.event_pipelines import airflow_io, config
 
 QUEUE_URL = config.sqs_queue_url(settings.DELIVERY_QUEUE)
 DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)
 
-# Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
-# SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
-# reception and yields at most 10 messages per run of the trigger; figures in docs/delivery-guarantees.md
-# "Why not the stock triggers".
+# Watcher trigger: "sqs+stream" is this project's streaming trigger (providers/event-streams); the run deletes.
 delivery_trigger = MessageQueueTrigger(
-    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
-    **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event
+    scheme="sqs+stream", sqs_queue=QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
+    kept_conn_id=config.DB_CONN_ID,  # the events database, where it keeps a body too large for an event
 )
 deliveries = Asset(
     "sqs_data_deliveries", watchers=[AssetWatcher(name="data_deliveries_watcher", trigger=delivery_trigger)]
@@ -93,7 +90,7 @@ def load(batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
     then put what was loaded in the `events_db.orders` event this task emits when it succeeds."""
     envelopes = airflow_io.to_envelopes(batch)
     results = etl.process_batch(
-        envelopes, airflow_io.engine(), hooks.storage_path, hooks.storage_path(settings.QUARANTINE_URI),
+        envelopes, airflow_io.engine(), clients.storage_path, clients.storage_path(settings.QUARANTINE_URI),
         after_effect=airflow_io.fault_point,
     )
     source.settle(envelopes, [d for o in results for d in o.dead_letters()])

@@ -33,19 +33,16 @@ from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
 from include.event_pipelines import airflow_io, config
-from include.inference_execution import hooks, settings
+from include.inference_execution import clients, settings
 from include.inference_execution.pipeline import answer_requests
 
 REQUEST_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REQUEST_QUEUE)
 REPLY_QUEUE_URL = config.sqs_queue_url(settings.INFERENCE_REPLY_QUEUE)
 
-# Watcher trigger: the default scheme ("sqs+stream") is this project's streaming provider (providers/event-streams);
-# SQS_WATCHER_SCHEME=sqs is the stock provider (SqsSensorTrigger, as in Astronomer's guide), which deletes on
-# reception and yields at most 10 messages per run of the trigger; figures in docs/delivery-guarantees.md
-# "Why not the stock triggers".
+# Watcher trigger: "sqs+stream" is this project's streaming trigger (providers/event-streams); the run deletes.
 request_trigger = MessageQueueTrigger(
-    scheme=config.SQS_WATCHER_SCHEME, sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
-    **config.sqs_stream_kwargs(),  # the events database, where it keeps a body too large for an event
+    scheme="sqs+stream", sqs_queue=REQUEST_QUEUE_URL, aws_conn_id=config.AWS_CONN_ID,
+    kept_conn_id=config.DB_CONN_ID,  # the events database, where it keeps a body too large for an event
 )
 inference_requests = Asset(
     "sqs_inference_requests", watchers=[AssetWatcher(name="inference_requests_watcher", trigger=request_trigger)]
@@ -85,7 +82,7 @@ def answer(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """With the model loaded once per process: answer every request, store, reply, then delete the requests."""
     envelopes = airflow_io.to_envelopes(batch)
     outcome = answer_requests(
-        envelopes, airflow_io.engine(), hooks.predictor(), hooks.sqs_reply_sender(REPLY_QUEUE_URL),
+        envelopes, airflow_io.engine(), clients.predictor(), clients.sqs_reply_sender(REPLY_QUEUE_URL),
         after_effect=airflow_io.fault_point,
     )
     source.settle(envelopes, outcome.dead_letters)

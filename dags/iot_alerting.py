@@ -36,19 +36,17 @@ from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
 from include.event_pipelines import airflow_io, config
-from include.iot_alerting import hooks, settings
+from include.iot_alerting import clients, settings
 from include.iot_alerting.pipeline import process_readings
 
-# Watcher trigger: the default scheme ("kafka+stream") is this project's streaming provider (providers/event-streams);
-# KAFKA_WATCHER_SCHEME=kafka is the stock provider (AwaitMessageTrigger, as in Astronomer's guide), which commits
-# before the event is stored (a triggerer crash loses the record); figures in docs/delivery-guarantees.md
-# "Why not the stock triggers".
+# Watcher trigger: "kafka+stream" is this project's streaming trigger (providers/event-streams); the run commits.
 readings_trigger = MessageQueueTrigger(
-    scheme=config.KAFKA_WATCHER_SCHEME,
+    scheme="kafka+stream",
     topics=[settings.IOT_READINGS_TOPIC],
     apply_function="include.event_pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
-    **config.kafka_group(settings.IOT_KAFKA_GROUP_ID),  # its own consumer group, and where its offsets are kept
+    group_id=settings.IOT_KAFKA_GROUP_ID,  # its own consumer group
+    settled_conn_id=config.DB_CONN_ID,  # where runs record settled offsets (it resumes there if the broker lost them)
 )
 readings = Asset("kafka_iot_readings", watchers=[AssetWatcher(name="iot_readings_watcher", trigger=readings_trigger)])
 source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)
@@ -70,7 +68,7 @@ def iot_alerting() -> None:
         """Every record of this run (all coalesced asset events): apply the rules, publish state changes, persist
         state and readings; then dead letters and offsets. One task, so a run costs one task process."""
         envelopes = airflow_io.to_envelopes(airflow_io.run_messages(context, readings, source))
-        publish = hooks.kafka_publisher(settings.IOT_ALERTS_TOPIC)
+        publish = clients.kafka_publisher(settings.IOT_ALERTS_TOPIC)
         outcome = process_readings(envelopes, airflow_io.engine(), publish, after_effect=airflow_io.fault_point)
         source.settle(envelopes, outcome.dead_letters)
         return outcome.as_dict()

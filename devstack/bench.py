@@ -49,11 +49,9 @@ from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
 
 DAG_OF = {"sqs": "inference_execution", "kafka": "iot_alerting"}
-# The watcher schemes of each settings: the stock provider triggers (the guide) or this project's streaming ones.
-SCHEMES_OF = {
-    "guide": {"SQS_WATCHER_SCHEME": "sqs", "KAFKA_WATCHER_SCHEME": "kafka"},
-    "project": {"SQS_WATCHER_SCHEME": "sqs+stream", "KAFKA_WATCHER_SCHEME": "kafka+stream"},
-}
+# What the DAGs' "+stream" schemes build in each settings (event_streams.queues): the stock provider triggers (the
+# guide) or this project's streaming ones.
+SCHEMES_OF = {"guide": {"EVENT_STREAMS_TRIGGERS": "stock"}, "project": {"EVENT_STREAMS_TRIGGERS": "stream"}}
 SUSTAINED_RATE = {"sqs": 375, "kafka": 1250}  # 1.25 x the targets (300, 1,000): a rate we merely match says little
 SUSTAINED_SECONDS = 20
 LATENCY_RUN_WAIT_S = 90  # per message of the latency scenario (the guide's SQS trigger sleeps 60 s when idle)

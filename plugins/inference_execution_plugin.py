@@ -5,7 +5,7 @@ pool the same way, and loads the plugins before it does (`include/event_pipeline
 once, scikit-learn and the packaged model are inherited by every task process instead of being imported and loaded
 by each (1 s per task at rest here, more under load). Other Airflow processes skip it (a CeleryExecutor scheduler
 too: it forks no task), and so do the forked children (LocalExecutor workers, task processes), which may load
-plugins again but inherit the model (`hooks.forks_task_processes`).
+plugins again but inherit the model (`clients.forks_task_processes`).
 """
 
 import multiprocessing
@@ -14,11 +14,11 @@ import sys
 from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
-from include.inference_execution import hooks
+from include.inference_execution import clients
 
 forked = multiprocessing.parent_process() is not None
-if hooks.forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), forked):
-    hooks.warm_up()
+if clients.forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), forked):
+    clients.warm_up()
 
 
 class InferenceExecutionPlugin(AirflowPlugin):

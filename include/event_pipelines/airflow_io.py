@@ -2,8 +2,8 @@
 
 ``run_messages`` / ``on_failure`` take and give back a run's messages through an ``SqsSource``
 (``sqs_source.py``) or a ``KafkaSource`` (``kafka_source.py``); the events database is ``db.engine``. Each
-pipeline's own hooks (storage, producers, model backends) are in its folder. Providers are imported inside the
-functions, so parsing a DAG file stays fast.
+pipeline's own clients (storage, producers, model backends: ``clients.py``) are in its folder. Providers are
+imported inside the functions, so parsing a DAG file stays fast.
 """
 
 from __future__ import annotations

@@ -28,36 +28,19 @@ def sqs_queue_url(queue_name: str) -> str:
     return f"{SQS_QUEUE_URL_PREFIX}/{queue_name}"
 
 
-# The MessageQueueTrigger scheme of the watchers: "sqs+stream" / "kafka+stream" are this project's streaming
-# triggers (providers/event-streams: many messages per event, acknowledged after the run's effect is durable);
-# "sqs" / "kafka" are the stock provider triggers, as in Astronomer's guide. The streaming triggers read their
-# tuning (SQS_MESSAGES_PER_EVENT, EVENT_LINGER_SECONDS, ...) from the environment: providers/event-streams/README.md.
-SQS_WATCHER_SCHEME: str = os.getenv("SQS_WATCHER_SCHEME", "sqs+stream")
-KAFKA_WATCHER_SCHEME: str = os.getenv("KAFKA_WATCHER_SCHEME", "kafka+stream")
+# The watchers' MessageQueueTrigger schemes are this project's streaming triggers: "sqs+stream" / "kafka+stream"
+# (providers/event-streams: many messages per event, acknowledged after the run's effect is durable). Their tuning
+# (SQS_MESSAGES_PER_EVENT, EVENT_LINGER_SECONDS, ...) is read from the environment: providers/event-streams/README.md.
+# The benchmark's baseline sets EVENT_STREAMS_TRIGGERS=stock: the same schemes then build the stock triggers of
+# Astronomer's guide, which acknowledge on their own, so the runs must not (streaming() below).
 
 
-def streaming_kafka() -> bool:
-    """Whether the Kafka watcher is the streaming trigger (which leaves committing the offsets to the run)."""
-    return KAFKA_WATCHER_SCHEME == "kafka+stream"
+def streaming() -> bool:
+    """Whether the watchers are the streaming triggers, which leave acknowledging (SQS deletes, Kafka commits) to
+    the run and keep a handed-over SQS message invisible until its run takes it."""
+    from event_streams.queues import streaming as provider_streaming
 
-
-def streaming_sqs() -> bool:
-    """Whether the SQS watcher is the streaming trigger (which keeps a message invisible until its run takes it)."""
-    return SQS_WATCHER_SCHEME == "sqs+stream"
-
-
-def kafka_group(group_id: str) -> dict[str, str]:
-    """The streaming Kafka watcher's own consumer group (``group_id``) and the events database holding the offsets
-    its runs committed (``settled_conn_id``: where it resumes if the broker dropped them). Empty for the stock
-    trigger (``AwaitMessageTrigger`` takes neither and reads in the connection's ``group.id``)."""
-    return {"group_id": group_id, "settled_conn_id": DB_CONN_ID} if streaming_kafka() else {}
-
-
-def sqs_stream_kwargs() -> dict[str, str]:
-    """The streaming SQS watcher's events database (``kept_conn_id``: where it keeps the bodies too large for an
-    asset event before handing their messages on, so the run can dead-letter them whole). Empty for the stock
-    trigger (``SqsSensorTrigger`` rejects arguments it does not know)."""
-    return {"kept_conn_id": DB_CONN_ID} if streaming_sqs() else {}
+    return provider_streaming()
 
 
 # --- runs that fail for good (docs/delivery-guarantees.md "Runs that fail for good") ---

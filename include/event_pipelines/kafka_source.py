@@ -30,7 +30,7 @@ class KafkaSource:
         """The records this run may apply now, once the runs before it settled theirs: not those behind an earlier
         record of their partition that no run has settled (a run failed on it); the watcher reads them again after
         it (``hold_unsettled``)."""
-        if not config.streaming_kafka():
+        if not config.streaming():
             return list(envelopes)
         return hold_unsettled(envelopes, dag_id, config.KAFKA_ORDER_WAIT_SECONDS)
 
@@ -73,7 +73,7 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
             )
         if producer.flush(30) or errors:
             raise RuntimeError(f"dead letters not acknowledged by {dlq_topic}: {errors[:3]}")
-    if config.streaming_kafka():
+    if config.streaming():
         commit_kafka_offsets(envelopes)
 
 

@@ -30,7 +30,7 @@ class SqsSource:
     def take(self, envelopes: Sequence[Envelope], dag_id: str) -> list[Envelope]:
         """Every message is the run's. Marks them taken (``event_streams.taken_messages``): the streaming trigger
         kept them invisible until now (the run may have been queued), the task ``holding`` them does from now on."""
-        if config.streaming_sqs():
+        if config.streaming():
             from event_streams import taken_messages
 
             taken_messages.mark(db.engine(), self.queue_url, [e.message_id for e in envelopes if e.source == "sqs"])

@@ -73,7 +73,7 @@ from . import schemas
 from .model import MODEL_DIR
 from .. import event_pipelines
 def f():
-    from include.inference_execution.hooks import predictor
+    from include.inference_execution.clients import predictor
 """
     found = imported_modules(src, "include.inference_execution.pipeline")
     owners = {owner(n) for n in found if n != "include"}

@@ -369,10 +369,10 @@ def test_two_threads_reusing_a_request_id_with_other_features_give_one_answer_an
 def test_the_model_is_loaded_once_per_process_and_a_failed_warm_up_is_only_logged(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from include.inference_execution import hooks
+    from include.inference_execution import clients
     from include.inference_execution.model import LocalModelPredictor
 
-    hooks.local_model.cache_clear()
+    clients.local_model.cache_clear()
     loads: list[int] = []
     real_load = LocalModelPredictor.load.__func__  # type: ignore[attr-defined]
 
@@ -381,16 +381,16 @@ def test_the_model_is_loaded_once_per_process_and_a_failed_warm_up_is_only_logge
         return real_load(cls, *args, **kwargs)
 
     monkeypatch.setattr(LocalModelPredictor, "load", classmethod(counting_load))
-    hooks.warm_up()
-    assert hooks.predictor("local") is hooks.predictor("local") and len(loads) == 1
+    clients.warm_up()
+    assert clients.predictor("local") is clients.predictor("local") and len(loads) == 1
 
-    hooks.local_model.cache_clear()
+    clients.local_model.cache_clear()
     monkeypatch.setattr(LocalModelPredictor, "load", classmethod(lambda cls: (_ for _ in ()).throw(OSError("gone"))))
-    hooks.warm_up()  # the scheduler keeps running; a task then loads the model itself (and fails visibly)
+    clients.warm_up()  # the scheduler keeps running; a task then loads the model itself (and fails visibly)
     assert "pre-loading the inference model failed" in caplog.text
     with pytest.raises(OSError):
-        hooks.predictor("local")
-    hooks.local_model.cache_clear()
+        clients.predictor("local")
+    clients.local_model.cache_clear()
 
 
 @pytest.mark.parametrize(("command", "executor", "forked", "loads"), [
@@ -406,6 +406,6 @@ def test_the_model_is_loaded_once_per_process_and_a_failed_warm_up_is_only_logge
 def test_the_model_is_pre_loaded_only_where_task_processes_fork_from(
     command: list[str], executor: str, forked: bool, loads: bool
 ) -> None:
-    from include.inference_execution import hooks
+    from include.inference_execution import clients
 
-    assert hooks.forks_task_processes(command, executor, forked) is loads
+    assert clients.forks_task_processes(command, executor, forked) is loads

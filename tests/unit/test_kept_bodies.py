@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from event_streams import payload
 from event_streams import sqs as event_sqs
-from include.event_pipelines import config, db, sqs_source
+from include.event_pipelines import db, sqs_source
 from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events
 
 QUEUE = "http://sqs.local/000000000000/inference-requests"
@@ -169,10 +169,3 @@ def test_attributes_survive_the_trip_through_xcom() -> None:
     envelope = _omitted("big", HUGE, {**ORIGINALS, "blob": {"DataType": "Binary", "BinaryValue": "AAE="}})
     assert [a.name for a in envelope.sqs_attributes or ()] == ["trace", "priority", "reason"]  # Binary not carried
     assert Envelope.model_validate(json.loads(json.dumps(envelope.model_dump(exclude_none=True)))) == envelope
-
-
-def test_only_the_streaming_sqs_watcher_gets_the_events_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "SQS_WATCHER_SCHEME", "sqs+stream")
-    assert config.sqs_stream_kwargs() == {"kept_conn_id": config.DB_CONN_ID}
-    monkeypatch.setattr(config, "SQS_WATCHER_SCHEME", "sqs")
-    assert config.sqs_stream_kwargs() == {}

@@ -76,6 +76,41 @@ def test_message_queue_trigger_resolves_each_scheme(scheme: str, kwargs: dict[st
     assert kwargs.items() <= stored.items()
 
 
+@pytest.mark.parametrize(
+    ("scheme", "kwargs", "streaming_only", "classpath"),
+    [
+        ("sqs+stream", {"sqs_queue": "http://sqs.local/0/q", "aws_conn_id": "aws_default"}, {"kept_conn_id": "events_db"},
+         "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"),
+        ("kafka+stream", {"topics": ["t"], "kafka_config_id": "kafka_default", "apply_function": "json.dumps"},
+         {"group_id": "airflow.g", "settled_conn_id": "events_db"},
+         "airflow.providers.apache.kafka.triggers.await_message.AwaitMessageTrigger"),
+    ],
+)
+def test_stock_setting_builds_the_stock_trigger_from_the_same_arguments(
+        monkeypatch: pytest.MonkeyPatch, scheme: str, kwargs: dict[str, Any], streaming_only: dict[str, Any],
+        classpath: str) -> None:
+    """The benchmark's baseline: the DAG unchanged, the stock trigger with the arguments it takes and its defaults."""
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    from event_streams import queues
+
+    monkeypatch.setenv(queues.TRIGGERS_ENV, "stock")
+    assert not queues.streaming()
+    path, stored = MessageQueueTrigger(scheme=scheme, **kwargs, **streaming_only).serialize()
+    assert path == classpath
+    assert kwargs.items() <= stored.items() and not streaming_only.keys() & stored.keys()
+
+
+def test_an_unknown_trigger_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from event_streams import queues
+
+    monkeypatch.setenv(queues.TRIGGERS_ENV, "stream")
+    assert queues.streaming()
+    monkeypatch.setenv(queues.TRIGGERS_ENV, "shard")
+    with pytest.raises(ValueError, match="EVENT_STREAMS_TRIGGERS='shard'"):
+        queues.streaming()
+
+
 # --- arguments -------------------------------------------------------------------------------------------------------
 def test_tuning_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     sqs_trigger = StreamingSqsTrigger(sqs_queue="q")

@@ -1,7 +1,7 @@
 """How the streaming triggers pack messages into events: a lone message is not held back, a backlog is packed.
 
 The broker clients are replaced by scripted stand-ins here (this is about the gathering loop, not the brokers); the
-triggers run against the real brokers in tests/e2e and tests/faults.
+triggers run against the real brokers in tests/stack/e2e and tests/stack/faults.
 """
 
 from __future__ import annotations

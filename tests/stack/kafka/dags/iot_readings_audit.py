@@ -22,11 +22,12 @@ GROUP_ID = "airflow.iot_readings_audit"
 audit = Table("iot_readings_audit", MetaData(), Column("message_id", String(256), primary_key=True))
 
 readings_trigger = MessageQueueTrigger(
-    scheme=config.KAFKA_WATCHER_SCHEME,
+    scheme="kafka+stream",
     topics=[settings.IOT_READINGS_TOPIC],
     apply_function="include.event_pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
-    **config.kafka_group(GROUP_ID),
+    group_id=GROUP_ID,
+    settled_conn_id=config.DB_CONN_ID,
 )
 readings = Asset("kafka_iot_readings_audit", watchers=[AssetWatcher(name="iot_readings_audit_watcher",
                                                                     trigger=readings_trigger)])
