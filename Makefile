@@ -29,31 +29,31 @@ lint: venv
 test: venv lint
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/faults --ignore=tests/copy --ignore=tests/ha --ignore=tests/kafka
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/stack/faults --ignore=tests/stack/copy --ignore=tests/stack/ha --ignore=tests/stack/kafka
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
-	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/faults
+	AIRFLOW_HOME=$(STATE)/test-home/faults $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/faults
 
 ## test-kafka: Kafka as production writes it: the trigger-level cases on a real broker (transactions, compaction, a busy
 ## group, expired offsets, large keys, headers), then through Airflow a second DAG on the topic and a run that fails
-## for good between readings of one device (tests/kafka)
+## for good between readings of one device (tests/stack/kafka)
 test-kafka: venv
-	AIRFLOW_HOME=$(STATE)/test-home/kafka $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/integration/test_brokers_smoke.py tests/kafka
+	AIRFLOW_HOME=$(STATE)/test-home/kafka $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/integration/test_brokers_smoke.py tests/stack/kafka
 
 ## test-ha: the HA suite on the scale-out profile (PostgreSQL, CeleryExecutor on Redis, 2 schedulers, 2 triggerers,
 ## 2 workers; needs Debian's postgresql and redis-server): kill -9 of components while messages stream in
 test-ha: venv
-	DEVSTACK_PROFILE=ha AIRFLOW_HOME=$(STATE)/test-home/ha $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/ha
+	DEVSTACK_PROFILE=ha AIRFLOW_HOME=$(STATE)/test-home/ha $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/ha
 
 ## test-postgres: the end-to-end tests again with Airflow on PostgreSQL (as `astro dev start`; needs Debian's postgresql)
 test-postgres: venv
-	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/e2e
+	DEVSTACK_DB=postgres AIRFLOW_HOME=$(STATE)/test-home/postgres $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/e2e
 
 ## test-copy: docs/copy-a-pipeline.md done for each pipeline in a fresh Astro scaffold, with its own
 ## virtualenv: Astro's DAG integrity test there, then the pipeline's end-to-end test on the real stack running it
 test-copy: venv
-	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/copy
+	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/copy
 
 ## test-unit: only the logic in include/ and providers/event-streams (no Airflow process, no broker)
 test-unit: venv

@@ -21,7 +21,7 @@ The JWT secret of the components is in ``<state>/jwt_secret`` (mode 0600) and ne
 ``env-json`` give ``AIRFLOW__API_AUTH__JWT_SECRET_CMD`` (Airflow reads the file) instead, and leave out anything
 else named like a secret and connections with a password (``printable_env``).
 
-Connections come from ``airflow_settings.yaml`` with only the hosts overridden (``devstack.settings``).
+Connections come from ``airflow_settings.yaml`` with only the hosts overridden (``devstack.astro_project``).
 
 ``DEVSTACK_PROFILE=ha`` (``HA_COMPONENTS``, ``ha_env``) runs what a scale-out deployment runs: two schedulers, two
 triggerers and two Celery workers (CeleryExecutor; broker: a private Redis server, ``devstack.redis``; results: the
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import brokers, postgres, redis
-from devstack.settings import connection_env, dockerfile_env
+from devstack.astro_project import connection_env, dockerfile_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # The Astro project the stack runs: this repository, or another one (the copy test runs a fresh scaffold with one

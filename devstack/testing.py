@@ -1,4 +1,4 @@
-"""Helpers for tests that run against a real native stack (tests/e2e, tests/faults): start/stop it in its own state
+"""Helpers for tests that run against a real native stack (tests/stack/e2e, tests/stack/faults): start/stop it in its own state
 folder, drive its components through the CLI (so the test process never shares state with the stack's), and read
 what the pipelines did."""
 

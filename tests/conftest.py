@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -38,23 +39,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG0
             terminalreporter.write_line(line)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """A real native stack (Kafka, ElasticMQ, Airflow) of this test module's own, stopped afterwards. A module's
-    ``STACK_ENV`` dict (e.g. shorter redelivery delays) is added to the stack's environment.
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    """A real SQLite database file with the project's schema (the embedded default sink)."""
+    from include.data_delivery_etl import tables as _etl_tables  # noqa: F401  (every pipeline's tables on db.metadata)
+    from include.event_pipelines import db
+    from include.inference_execution import tables as _inference_tables  # noqa: F401
+    from include.iot_alerting import tables as _iot_tables  # noqa: F401
 
-    Outside CI the module skips, with the reason, when Java/Maven are missing or the ports are in use; in CI it
-    fails instead."""
-    from devstack.testing import Stack, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"tests on the real stack cannot run in CI: {reason}")
-        pytest.skip(reason)
-    s = Stack(tmp_path_factory.mktemp("devstack"), env=getattr(request.module, "STACK_ENV", None))
-    try:
-        s.up()
-        yield s
-    finally:
-        s.down()
+    eng = db.configure_sqlite(create_engine(f"sqlite:///{tmp_path / 'events.db'}"))
+    db.ensure_schema(eng)
+    return eng

@@ -30,7 +30,7 @@ from include.inference_execution.schemas import InferenceRequest, MachineFeature
 SLOW_S = 52  # longer than the budget (20 s) and the failing sibling's four tries (3 x 10 s retry delay), under the
 # endpoint call's 60 s timeout
 BUDGET_S = 20
-PORT = 8000  # where the native stack's `inference_endpoint` connection points (devstack/settings.py)
+PORT = 8000  # where the native stack's `inference_endpoint` connection points (devstack/astro_project.py)
 STACK_ENV = {"INFERENCE_BACKEND": "http", "SQS_VISIBILITY_TIMEOUT": str(BUDGET_S), "SQS_HEARTBEAT_SECONDS": "5",
              "INFERENCE_BATCH_SIZE": "1", "SQS_REDELIVERY_DELAY_SECONDS": "5", "MAX_FAILED_RUNS": "1"}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PIPELINES = ("iot_alerting", "data_delivery_etl", "inference_execution")
 E2E = {"iot_alerting": "iot", "data_delivery_etl": "etl", "inference_execution": "inference"}  # pytest -k
 # What a copy must not pull in: the other broker's client and provider.
@@ -162,7 +162,7 @@ def test_a_pipeline_copied_into_a_fresh_astro_project_passes_astro_checks_and_ru
     e2e_env = {**os.environ, "DEVSTACK_PROJECT": str(project), "DEVSTACK_DAG_IDS": pipeline,
                "AIRFLOW_HOME": str(tmp_path / "e2e-home"), "PYTHONPATH": str(ROOT)}
     e2e = subprocess.run([str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                          "tests/e2e/test_pipelines_e2e.py", "-k", E2E[pipeline]],
+                          "tests/stack/e2e/test_pipelines_e2e.py", "-k", E2E[pipeline]],
                          cwd=ROOT, env=e2e_env, capture_output=True, text=True, timeout=1200)
     assert e2e.returncode == 0, e2e.stdout[-5000:] + e2e.stderr[-3000:]
     e2e_summary = e2e.stdout.strip().splitlines()[-1]

@@ -233,7 +233,7 @@ def test_env_json_leaves_secrets_out(secret_env: Path) -> None:
 
 def test_env_json_has_what_the_stack_tests_read(secret_env: Path) -> None:
     out = stack.env_json()
-    # devstack/testing.py, tests/e2e, tests/faults and devstack/bench.py read these.
+    # devstack/testing.py, tests/stack/e2e, tests/stack/faults and devstack/bench.py read these.
     for key in ("AIRFLOW__API__PORT", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_HOME", "DEVSTACK_DATA",
                 "DEVSTACK_RUN", "SQS_ENDPOINT_URL", "SQS_QUEUE_URL_PREFIX", "KAFKA_BOOTSTRAP", "EVENTS_FAULTS_DIR",
                 "LANDING_DIR", "AIRFLOW__CORE__DAGS_FOLDER"):

@@ -21,7 +21,7 @@ import pytest
 
 from devstack import brokers
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 MAX_RECEIVE_COUNT = 2  # in the test's ElasticMQ conf; devstack/elasticmq.conf itself says 10
 CACHE_DIR = Path(os.environ.get("DEVSTACK_CACHE", ROOT / ".devstack" / "cache"))
@@ -45,7 +45,7 @@ def _test_conf(path: Path, port: int) -> Path:
     path.write_text(
         base
         + f"""
-# ---- overrides of tests/integration/test_brokers_smoke.py
+# ---- overrides of tests/stack/integration/test_brokers_smoke.py
 node-address {{ host = "*", port = {port} }}
 rest-sqs {{ enabled = true, bind-port = {port}, bind-hostname = "127.0.0.1" }}
 rest-stats.enabled = false
