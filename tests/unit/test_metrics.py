@@ -81,3 +81,48 @@ def test_a_known_batch_sends_the_documented_metrics(statsd: socket.socket, engin
                         f"{name}.processed": "2|c", f"{name}.dead_lettered": "1|c"}, lines
     ages = [line for line in lines if line.startswith(f"{name}.message_age:")]
     assert len(ages) == 3 and all(float(a.split(":")[1].split("|")[0]) == 2000.0 for a in ages), ages
+
+
+class QueueAttributes:
+    """The one SQS call the trigger's gauge makes, answered as ElasticMQ does."""
+
+    async def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:  # noqa: N803
+        return {"Attributes": {"ApproximateNumberOfMessages": "7", "ApproximateNumberOfMessagesNotVisible": "3",
+                               "ApproximateNumberOfMessagesDelayed": "0"}}
+
+
+class Partitions:
+    """The consumer calls the Kafka trigger's gauge makes: committed offsets, read positions, end offsets."""
+
+    def committed(self, tps: list[Any], timeout: float) -> list[Any]:
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset={0: 40, 1: -1001}[tp.partition])
+                for tp in tps]
+
+    def position(self, tps: list[Any]) -> list[Any]:
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=45, error=None) for tp in tps]
+
+    def get_watermark_offsets(self, tp: Any, timeout: float) -> tuple[int, int]:
+        return 0, {0: 50, 1: 20}[tp.partition]
+
+
+def test_the_triggers_send_their_brokers_gauges(statsd: socket.socket) -> None:
+    import asyncio
+
+    from event_streams.triggers import StreamingKafkaTrigger, StreamingSqsTrigger
+
+    sqs = StreamingSqsTrigger(sqs_queue="http://127.0.0.1:9324/000000000000/inference-requests", gauge_seconds=30)
+    assert asyncio.run(sqs.gauge(QueueAttributes())) == {"visible": 7, "in_flight": 3, "delayed": 0}
+    assert asyncio.run(sqs.gauge(QueueAttributes())) is None  # not again before gauge_seconds
+    kafka = StreamingKafkaTrigger(topics=["iot-readings"], group_id="airflow.iot_alerting")
+    kafka._consumer, kafka._assigned = Partitions(), {("iot-readings", 0), ("iot-readings", 1)}
+    kafka._config = {"group.id": "airflow.iot_alerting"}  # as the consumer, once open, has it
+    # partition 0: 50 - 40 behind the commit, 5 unread; partition 1: no commit yet (not counted), 20 - 45 -> 0
+    assert kafka.gauge() == {"iot-readings": {"lag": 10, "unread": 5}}
+    gauges = {line.split("|")[0] for line in received(statsd) if line.endswith("|g")}
+    assert gauges == {"airflow.event_streams.sqs.inference-requests.visible:7",
+                      "airflow.event_streams.sqs.inference-requests.in_flight:3",
+                      "airflow.event_streams.sqs.inference-requests.delayed:0",
+                      "airflow.event_streams.kafka.airflow.iot_alerting.iot-readings.lag:10",
+                      "airflow.event_streams.kafka.airflow.iot_alerting.iot-readings.unread:5"}
+    off = StreamingSqsTrigger(sqs_queue="q", gauge_seconds=0)
+    assert asyncio.run(off.gauge(QueueAttributes())) is None

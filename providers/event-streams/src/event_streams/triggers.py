@@ -25,7 +25,7 @@ from typing import Any
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from event_streams import payload, schema
+from event_streams import gauges, payload, schema
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
         max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB
         handover_heartbeat_seconds: float | None = None,  # SQS_HEARTBEAT_SECONDS, handover_visibility_timeout / 3
         handover_max_seconds: float | None = None,  # SQS_HANDOVER_MAX_SECONDS, 3600
+        gauge_seconds: float | None = None,  # STREAM_GAUGE_SECONDS, 30 (event_streams.gauges; 0: none)
     ) -> None:
         super().__init__()
         self.sqs_queue = sqs_queue
@@ -188,6 +189,8 @@ class StreamingSqsTrigger(BaseEventTrigger):
             handover_heartbeat_seconds, _env_float, "SQS_HEARTBEAT_SECONDS", self.handover_visibility_timeout / 3
         )
         self.handover_max_seconds = _pick(handover_max_seconds, _env_float, "SQS_HANDOVER_MAX_SECONDS", 3600.0)
+        self.gauge_seconds = _pick(gauge_seconds, _env_float, "STREAM_GAUGE_SECONDS", 30.0)
+        self._gauged_at: float | None = None
         self._last_event_at = 0.0
         # (yielded at, [(message id, receipt handle)]), oldest first: not extended to the run's budget yet
         self._handed: deque[tuple[float, list[tuple[str, str]]]] = deque()
@@ -214,6 +217,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
                 "max_message_bytes": self.max_message_bytes,
                 "handover_heartbeat_seconds": self.handover_heartbeat_seconds,
                 "handover_max_seconds": self.handover_max_seconds,
+                "gauge_seconds": self.gauge_seconds,
             },
         )
 
@@ -370,6 +374,21 @@ class StreamingSqsTrigger(BaseEventTrigger):
                 seconds=2 * self.handover_max_seconds))
         return taken
 
+    async def gauge(self, client: Any) -> dict[str, int] | None:
+        """Every ``gauge_seconds``: the queue's visible / in flight / delayed counts as gauges
+        (``event_streams.gauges``). A failure to ask skips this round; it never disturbs the stream."""
+        now = time.monotonic()
+        if self.gauge_seconds <= 0 or (self._gauged_at is not None and now - self._gauged_at < self.gauge_seconds):
+            return None
+        self._gauged_at = now
+        try:
+            answer = await client.get_queue_attributes(QueueUrl=self.sqs_queue,
+                                                       AttributeNames=list(gauges.SQS_ATTRIBUTES.values()))
+            return gauges.sqs(self.sqs_queue, answer.get("Attributes", {}))
+        except Exception:
+            self.log.debug("queue figures of %s not sent", self.sqs_queue, exc_info=True)
+            return None
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
@@ -386,6 +405,7 @@ class StreamingSqsTrigger(BaseEventTrigger):
                             self.handed(batch)
                         await self.hand_over(client)
                         await self.keep_untaken(client)
+                        await self.gauge(client)
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception:
@@ -434,6 +454,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         offsets_keepalive_seconds: float | None = None,  # KAFKA_OFFSETS_KEEPALIVE_SECONDS, 86400
         max_event_bytes: int | None = None,  # MAX_EVENT_BYTES, 1 MiB
         max_message_bytes: int | None = None,  # MAX_MESSAGE_BYTES, 256 KiB (built-in record form only)
+        gauge_seconds: float | None = None,  # STREAM_GAUGE_SECONDS, 30 (event_streams.gauges; 0: none)
     ) -> None:
         super().__init__()
         self.topics = list(topics)
@@ -455,6 +476,8 @@ class StreamingKafkaTrigger(BaseEventTrigger):
         self.max_message_bytes = _pick(
             max_message_bytes, _env_int, "MAX_MESSAGE_BYTES", payload.DEFAULT_MAX_BODY_BYTES
         )
+        self.gauge_seconds = _pick(gauge_seconds, _env_float, "STREAM_GAUGE_SECONDS", 30.0)
+        self._gauged_at: float | None = None
         self._convert: Callable[..., Any] | None = None
         self._consumer: Any = None
         self._config: dict[str, Any] = {}  # the consumer's effective settings (group.id included)
@@ -489,6 +512,7 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                 "offsets_keepalive_seconds": self.offsets_keepalive_seconds,
                 "max_event_bytes": self.max_event_bytes,
                 "max_message_bytes": self.max_message_bytes,
+                "gauge_seconds": self.gauge_seconds,
             },
         )
 
@@ -755,6 +779,24 @@ class StreamingKafkaTrigger(BaseEventTrigger):
             sought.append((key[0], key[1], target))
         return sought
 
+    def gauge(self) -> dict[str, dict[str, int]] | None:
+        """The assigned partitions' lag (end - committed) and unread records (end - read position) as gauges
+        (``event_streams.gauges``). A failure to ask skips this round; it never disturbs the stream."""
+        from confluent_kafka import TopicPartition
+
+        consumer, keys = self._consumer, sorted(self._assigned)
+        if consumer is None or not keys:
+            return None
+        try:
+            tps = [TopicPartition(t, p) for t, p in keys]
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=5)}
+            positions = {(tp.topic, tp.partition): tp.offset for tp in consumer.position(tps) if tp.error is None}
+            ends = {key: consumer.get_watermark_offsets(TopicPartition(*key), timeout=5)[1] for key in keys}
+            return gauges.kafka(self.group, ends, committed, positions)
+        except Exception:
+            self.log.debug("lag figures of %s not sent", self.topics, exc_info=True)
+            return None
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
         failures = 0
         check_every = max(0.01, min(5.0, self.redelivery_seconds / 4)) if self.redelivery_seconds > 0 else 5.0
@@ -777,6 +819,10 @@ class StreamingKafkaTrigger(BaseEventTrigger):
                     if time.monotonic() - checked >= check_every:
                         await sync_to_async(self.redeliver)(time.monotonic())
                         checked = time.monotonic()
+                    if self.gauge_seconds > 0 and (self._gauged_at is None
+                                                   or time.monotonic() - self._gauged_at >= self.gauge_seconds):
+                        self._gauged_at = time.monotonic()
+                        await sync_to_async(self.gauge)()
             except (asyncio.CancelledError, GeneratorExit):
                 raise
             except Exception:
