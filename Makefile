@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv brokers lint test test-faults test-kafka test-ha test-postgres test-copy test-unit model up down demo bench bench-kafka bench-workers status clean
+.PHONY: venv brokers lint test test-faults test-kafka test-ha test-postgres test-copy test-ui test-unit model up down demo bench bench-kafka bench-workers bench-streams status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: venv
 test: venv lint
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/stack/faults --ignore=tests/stack/copy --ignore=tests/stack/ha --ignore=tests/stack/kafka
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/stack/faults --ignore=tests/stack/copy --ignore=tests/stack/ha --ignore=tests/stack/kafka --ignore=tests/stack/ui
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
@@ -54,6 +54,11 @@ test-postgres: venv
 ## virtualenv: Astro's DAG integrity test there, then the pipeline's end-to-end test on the real stack running it
 test-copy: venv
 	AIRFLOW_HOME=$(STATE)/test-home/copy $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/copy
+
+## test-ui: the streams page in headless Chromium on the real stack, signed in (needs Debian's chromium and
+## chromium-driver): the figures, a dead letter replayed once from the page, an offset reset shown as drift
+test-ui: venv
+	AIRFLOW_HOME=$(STATE)/test-home/ui $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/ui
 
 ## test-unit: only the logic in include/ and providers/event-streams (no Airflow process, no broker)
 test-unit: venv
@@ -101,6 +106,11 @@ WORKERS_ARGS ?=
 bench-workers: venv
 	$(PYTHON) -m devstack.bench_workers $(WORKERS_ARGS)
 
+## bench-streams: the streams page's dead-letter reads with 100,000 and 1,000,000 dead letters (SQLite; prints a table)
+bench-streams: venv
+	$(PYTHON) -m devstack.bench_streams $(BENCH_STREAMS_ARGS)
+
+## status: the stack's processes, then every watcher's figures as the streams page shows them
 status: venv
 	$(PYTHON) -m devstack.stack status
 

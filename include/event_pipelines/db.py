@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Engine, Float, Integer, MetaData, String, Table, Text, event
+from sqlalchemy import Column, DateTime, Engine, Float, Index, Integer, MetaData, String, Table, Text, event
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
@@ -61,6 +61,21 @@ dead_letters = Table(
     Column("reason", Text, nullable=False),
     Column("body", Text),  # the original body (base64 for bytes that are not UTF-8)
     Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
+    Index("ix_dead_letters_recorded_at", "recorded_at"),  # newest first, bounded, with a million rows
+    Index("ix_dead_letters_pipeline_recorded_at", "pipeline", "recorded_at"),
+)
+
+# What an operator did with a dead letter (the streams page): replayed it (as a manual run: ``run_id``) or discarded
+# it; once per dead letter, so a second click changes nothing.
+dead_letter_actions = Table(
+    "dead_letter_actions",
+    metadata,
+    Column("pipeline", String(64), primary_key=True),
+    Column("message_id", String(256), primary_key=True),
+    Column("action", String(16), nullable=False),  # replayed | discarded
+    Column("actor", String(250), nullable=False),
+    Column("run_id", String(250)),
+    Column("acted_at", UtcDateTime(), nullable=False, default=utcnow),
 )
 
 # Per-run figures: how long the run's events waited (producer timestamp -> run start) and its batch size.
@@ -73,6 +88,7 @@ run_stats = Table(
     Column("wait_p50_s", Float),
     Column("wait_max_s", Float),
     Column("recorded_at", UtcDateTime(), nullable=False, default=utcnow),
+    Index("ix_pipeline_run_stats_dag_recorded_at", "dag_id", "recorded_at"),
 )
 
 # Runs that failed for good (every retry), per message they carried: how many times a message has been in such a
@@ -98,6 +114,29 @@ def ensure_schema(engine: Engine) -> None:
 
     schema.create_all(metadata, engine, "event_pipelines.schema")
     add_missing_nullable_columns(engine)
+    add_missing_indexes(engine)
+
+
+def add_missing_indexes(engine: Engine) -> list[str]:
+    """``CREATE INDEX`` for each index of ``metadata`` an existing table lacks (an events database made by an older
+    version; ``create_all`` makes them only with a new table); returns the names of those created."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    created: list[str] = []
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name in have:
+                continue
+            try:
+                index.create(engine, checkfirst=True)
+                created.append(str(index.name))
+            except (OperationalError, ProgrammingError) as exc:  # a concurrent task created it first
+                if "already exists" not in str(exc).lower():
+                    raise
+    return created
 
 
 def add_missing_nullable_columns(engine: Engine) -> list[str]:
