@@ -26,6 +26,7 @@ RECENT_RUNS = 50  # runs the message-age figures are taken over
 RATE_WINDOW_S = 300  # messages per second over this many seconds
 MAX_WAITING_EVENTS = 500  # unconsumed asset events read to count their messages
 DEAD_LETTERS_PAGE = 50
+MAX_ACTIONS = 500  # dead letters one replay / discard may name (one manual run)
 PREVIEW_CHARS = 200
 
 
@@ -251,30 +252,31 @@ class Action:
     new: bool  # False: this dead letter had been acted on before; nothing was done now
 
 
-def act(events: Engine, pipeline: str, message_id: str, action: str, actor: str,
-        replay: Callable[[str, str], str] | None = None) -> Action | None:
-    """Replay or discard one dead letter, once: a second call returns the first action and does nothing.
-    ``replay(pipeline, body)`` starts the manual run that processes the original body and returns its run id.
-    ``None`` when there is no such dead letter."""
+def act(events: Engine, pipeline: str, message_ids: Sequence[str], action: str, actor: str,
+        replay: Callable[[str, list[str]], str] | None = None) -> list[Action]:
+    """Replay or discard dead letters of one DAG, each once: those acted on before keep their first action and are
+    returned with ``new=False``. ``replay(pipeline, bodies)`` starts one manual run that processes the original
+    bodies (of the dead letters not acted on yet) and returns its run id. Unknown message ids are left out."""
     if action not in ("replayed", "discarded"):
         raise ValueError(f"unknown action {action!r}")
     d, a = db.dead_letters, db.dead_letter_actions
+    ids = list(dict.fromkeys(message_ids))[:MAX_ACTIONS]
     with events.begin() as conn:
-        body = conn.execute(select(d.c.body).where(d.c.pipeline == pipeline, d.c.message_id == message_id)).first()
-        if body is None:
-            return None
-        done = conn.execute(select(a).where(a.c.pipeline == pipeline, a.c.message_id == message_id)).first()
-        if done is None:
-            run_id = replay(pipeline, body[0] or "") if action == "replayed" and replay is not None else None
-            db.insert_ignore(conn, a, [{"pipeline": pipeline, "message_id": message_id, "action": action,
-                                        "actor": actor, "run_id": run_id, "acted_at": db.utcnow()}])
-            done = conn.execute(select(a).where(a.c.pipeline == pipeline, a.c.message_id == message_id)).one()
-            new = True
-        else:
-            new = False
-    m = done._mapping
-    return Action(m["pipeline"], m["message_id"], m["action"], m["actor"], m["run_id"], m["acted_at"].isoformat(),
-                  new)
+        bodies = dict(conn.execute(select(d.c.message_id, d.c.body).where(d.c.pipeline == pipeline,
+                                                                          d.c.message_id.in_(ids))).all())
+        done = {r.message_id for r in conn.execute(select(a.c.message_id).where(a.c.pipeline == pipeline,
+                                                                                a.c.message_id.in_(ids)))}
+        fresh = [m for m in ids if m in bodies and m not in done]
+        if fresh:
+            run_id = (replay(pipeline, [bodies[m] or "" for m in fresh])
+                      if action == "replayed" and replay is not None else None)
+            now = db.utcnow()
+            db.insert_ignore(conn, a, [{"pipeline": pipeline, "message_id": m, "action": action, "actor": actor,
+                                        "run_id": run_id, "acted_at": now} for m in fresh])
+        rows = conn.execute(select(a).where(a.c.pipeline == pipeline, a.c.message_id.in_(ids))).all()
+    by_id = {r.message_id: r._mapping for r in rows}
+    return [Action(pipeline, m, by_id[m]["action"], by_id[m]["actor"], by_id[m]["run_id"],
+                   by_id[m]["acted_at"].isoformat(), m in fresh) for m in ids if m in by_id]
 
 
 # --- drift ----------------------------------------------------------------------------------------------------

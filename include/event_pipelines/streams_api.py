@@ -4,14 +4,14 @@ API server at ``/event-streams``): the figures of ``streams.overview``, the dead
 Airflow does not put a plugin's app behind its auth by itself: every route here takes the signed-in user
 (``get_user``: the UI's cookie or a bearer token) and checks the DAG's permissions with Airflow's auth manager —
 reading needs GET on the DAG, replaying or discarding needs PUT on its runs. A replay is a manual run of the DAG with
-the dead letter's original body (``{"messages": [body]}``), recorded once per dead letter with who and when.
+the dead letters' original bodies (``{"messages": [...]}``), recorded once per dead letter with who and when.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations (``GetUserDep``, ``SessionDep``,
 # imported inside ``create_app``) when they are declared.
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from include.event_pipelines import db, streams
 
@@ -47,7 +47,7 @@ def create_app() -> "FastAPI":
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.common.db.common import SessionDep
     from airflow.api_fastapi.core_api.security import GetUserDep, get_auth_manager, requires_access_dag
-    from fastapi import Depends, FastAPI, HTTPException
+    from fastapi import Body, Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
     app = FastAPI(title="Event streams", description=__doc__)
@@ -77,7 +77,7 @@ def create_app() -> "FastAPI":
         rows = streams.dead_letters(events, dag_id, reason, before, limit)
         return {"dead_letters": [r for r in rows if r["pipeline"] in allowed]}
 
-    def act(action: str, dag_id: str, message_id: str, user: Any, session: Any) -> dict[str, Any]:
+    def act(action: str, dag_id: str, message_ids: list[str], user: Any, session: Any) -> dict[str, Any]:
         from airflow.api.common.trigger_dag import trigger_dag
         from airflow.utils.types import DagRunTriggeredByType
 
@@ -85,27 +85,38 @@ def create_app() -> "FastAPI":
         if events is None:
             raise HTTPException(503, "the events database is unreachable")
 
-        def replay(pipeline: str, body: str) -> str:
-            run = trigger_dag(pipeline, triggered_by=DagRunTriggeredByType.REST_API, conf={"messages": [body]},
+        def replay(pipeline: str, bodies: list[str]) -> str:
+            run = trigger_dag(pipeline, triggered_by=DagRunTriggeredByType.REST_API, conf={"messages": bodies},
                               triggering_user_name=user.get_name(),
-                              note=f"replay of dead letter {message_id}", session=session)
+                              note=f"replay of {len(bodies)} dead letter(s) from the streams page", session=session)
             if run is None:
                 raise HTTPException(409, f"DAG {pipeline!r} could not be triggered")
             return str(run.run_id)
 
-        done = streams.act(events, dag_id, message_id, action, user.get_name(), replay)
-        if done is None:
-            raise HTTPException(404, f"no dead letter {message_id!r} of {dag_id!r}")
-        return done.__dict__
+        done = streams.act(events, dag_id, message_ids, action, user.get_name(), replay)
+        if not done:
+            raise HTTPException(404, f"no such dead letter of {dag_id!r}")
+        return {"actions": [a.__dict__ for a in done]}
 
     edit_runs = [Depends(requires_access_dag("PUT", DagAccessEntity.RUN))]
+    MessageIds = Annotated[list[str], Body()]  # the JSON body: the dead letters' message ids  # noqa: N806
 
-    @app.post("/api/dead-letters/{dag_id}/{message_id}/replay", dependencies=edit_runs)
+    # ``:path``: a Kafka record's id is ``topic/partition/offset``
+    @app.post("/api/dead-letters/{dag_id}/{message_id:path}/replay", dependencies=edit_runs)
     def replay(dag_id: str, message_id: str, user: GetUserDep, session: SessionDep) -> dict[str, Any]:
-        return act("replayed", dag_id, message_id, user, session)
+        return act("replayed", dag_id, [message_id], user, session)["actions"][0]
 
-    @app.post("/api/dead-letters/{dag_id}/{message_id}/discard", dependencies=edit_runs)
+    @app.post("/api/dead-letters/{dag_id}/{message_id:path}/discard", dependencies=edit_runs)
     def discard(dag_id: str, message_id: str, user: GetUserDep, session: SessionDep) -> dict[str, Any]:
-        return act("discarded", dag_id, message_id, user, session)
+        return act("discarded", dag_id, [message_id], user, session)["actions"][0]
+
+    @app.post("/api/dead-letters/{dag_id}/replay", dependencies=edit_runs)
+    def replay_many(dag_id: str, message_ids: MessageIds, user: GetUserDep, session: SessionDep) -> dict[str, Any]:
+        """Several dead letters of one DAG in one manual run (those not replayed or discarded before)."""
+        return act("replayed", dag_id, message_ids, user, session)
+
+    @app.post("/api/dead-letters/{dag_id}/discard", dependencies=edit_runs)
+    def discard_many(dag_id: str, message_ids: MessageIds, user: GetUserDep, session: SessionDep) -> dict[str, Any]:
+        return act("discarded", dag_id, message_ids, user, session)
 
     return app

@@ -40,37 +40,48 @@ def test_dead_letters_newest_first_filtered_and_paged(engine: Engine) -> None:
 
 
 def test_replay_and_discard_happen_once_and_are_recorded(engine: Engine) -> None:
-    _letters(engine, "inference_execution", 2)
-    started: list[tuple[str, str]] = []
+    _letters(engine, "inference_execution", 4)
+    started: list[tuple[str, list[str]]] = []
 
-    def replay(pipeline: str, body: str) -> str:
-        started.append((pipeline, body))
+    def replay(pipeline: str, bodies: list[str]) -> str:
+        started.append((pipeline, bodies))
         return f"manual__{len(started)}"
 
-    first = streams.act(engine, "inference_execution", "inference_execution-0", "replayed", "admin", replay)
-    again = streams.act(engine, "inference_execution", "inference_execution-0", "replayed", "admin", replay)
-    discard = streams.act(engine, "inference_execution", "inference_execution-0", "discarded", "ops", replay)
-    assert first is not None and first.new and first.run_id == "manual__1" and first.actor == "admin"
-    assert again is not None and not again.new and again.run_id == "manual__1"
-    assert discard is not None and not discard.new and discard.action == "replayed"  # the first action stands
-    assert started == [("inference_execution", '{"n": 0}' + "x" * 300)]  # one run, with the original body
-    assert streams.act(engine, "inference_execution", "nope", "discarded", "ops") is None
-    gone = streams.act(engine, "inference_execution", "inference_execution-1", "discarded", "ops", replay)
-    assert gone is not None and gone.run_id is None and len(started) == 1
+    def body(i: int) -> str:
+        return f'{{"n": {i}}}' + "x" * 300
+
+    [first] = streams.act(engine, "inference_execution", ["inference_execution-0"], "replayed", "admin", replay)
+    [again] = streams.act(engine, "inference_execution", ["inference_execution-0"], "replayed", "admin", replay)
+    [discard] = streams.act(engine, "inference_execution", ["inference_execution-0"], "discarded", "ops", replay)
+    assert first.new and first.run_id == "manual__1" and first.actor == "admin"
+    assert not again.new and again.run_id == "manual__1"
+    assert not discard.new and discard.action == "replayed"  # the first action stands
+    assert started == [("inference_execution", [body(0)])]  # one run, with the original body
+    # several at once: one run with the bodies of those not acted on yet; unknown ids are left out
+    many = streams.act(engine, "inference_execution", ["inference_execution-0", "inference_execution-1",
+                                                       "inference_execution-2", "nope"], "replayed", "ops", replay)
+    assert [(a.message_id, a.new, a.run_id) for a in many] == [("inference_execution-0", False, "manual__1"),
+                                                              ("inference_execution-1", True, "manual__2"),
+                                                              ("inference_execution-2", True, "manual__2")]
+    assert started[1] == ("inference_execution", [body(1), body(2)])
+    assert streams.act(engine, "inference_execution", ["nope"], "discarded", "ops") == []
+    [gone] = streams.act(engine, "inference_execution", ["inference_execution-3"], "discarded", "ops", replay)
+    assert gone.new and gone.run_id is None and len(started) == 2
     listed = {r["message_id"]: (r["action"], r["actor"]) for r in streams.dead_letters(engine)}
-    assert listed == {"inference_execution-0": ("replayed", "admin"), "inference_execution-1": ("discarded", "ops")}
+    assert listed == {"inference_execution-0": ("replayed", "admin"), "inference_execution-1": ("replayed", "ops"),
+                      "inference_execution-2": ("replayed", "ops"), "inference_execution-3": ("discarded", "ops")}
     with pytest.raises(ValueError):
-        streams.act(engine, "inference_execution", "inference_execution-1", "deleted", "ops")
+        streams.act(engine, "inference_execution", ["inference_execution-1"], "deleted", "ops")
 
 
 def test_a_replay_that_cannot_start_records_nothing(engine: Engine) -> None:
     _letters(engine, "iot_alerting", 1)
 
-    def failing(pipeline: str, body: str) -> str:
+    def failing(pipeline: str, bodies: list[str]) -> str:
         raise RuntimeError("DAG is not parsed yet")
 
     with pytest.raises(RuntimeError):
-        streams.act(engine, "iot_alerting", "iot_alerting-0", "replayed", "admin", failing)
+        streams.act(engine, "iot_alerting", ["iot_alerting-0"], "replayed", "admin", failing)
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(db.dead_letter_actions)) == 0
 
