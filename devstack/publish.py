@@ -163,8 +163,10 @@ def write_records(path: Path | str | None, records: Iterable[Mapping[str, Any]])
 
 
 def _record(pipeline: Pipeline, msg: OutMessage, message_id: str, published_at: datetime) -> dict[str, Any]:
+    """``body_sha256``: how a trigger that gives only the body (Airflow 3.3's shared stream) names the message."""
+    body = msg.body if isinstance(msg.body, bytes) else str(msg.body).encode("utf-8")
     return {"pipeline": pipeline, "id": msg.id, "message_id": message_id, "published_at": iso(published_at),
-            "expect": msg.expect}
+            "body_sha256": hashlib.sha256(body).hexdigest(), "expect": msg.expect}
 
 
 # --------------------------------------------------------------------------------------------------- messages

@@ -8,6 +8,7 @@ dead-lettered with its reason, the run goes on).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
@@ -29,6 +30,9 @@ MAX_BODY_BYTES = config.MAX_MESSAGE_BYTES
 CONTENT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, ArithmeticError, LookupError, RecursionError)
 
 Source = Literal["sqs", "kafka", "manual"]
+# Airflow 3.3's KafkaSharedStreamTrigger (the benchmark's "shared" baseline) gives a record's value and nothing else:
+# no topic, partition or offset. Such a message's id is this prefix and the SHA-256 of its value.
+SHARED_STREAM_ID = "sha256:"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -118,6 +122,9 @@ def _payload_envelopes(event_payload: Any) -> list[Envelope]:
         group = event_payload.get(payload.GROUP_ID)
         return [Envelope.model_validate({**r, payload.GROUP_ID: group} if group and isinstance(r, Mapping) else r)
                 for r in event_payload[payload.RECORDS]]
+    if isinstance(event_payload, str):  # Airflow 3.3's KafkaSharedStreamTrigger: the record's value, nothing else
+        digest = hashlib.sha256(event_payload.encode("utf-8", "surrogatepass")).hexdigest()
+        return [Envelope(source="kafka", message_id=f"{SHARED_STREAM_ID}{digest}", body=event_payload)]
     raise ValueError(f"unrecognised trigger payload (neither an SQS batch nor a Kafka record): {event_payload!r:.200}")
 
 

@@ -250,8 +250,10 @@ def test_publish_iot_records_topic_partition_offset_and_keys(tmp_path: Path) -> 
     assert all(r["message_id"].startswith("iot-readings/") and r["message_id"].count("/") == 2 for r in records)
     assert len({r["message_id"] for r in records}) == 10
     assert [k for _, _, k in producer.produced] == [f"dev-r6-{i % 2}".encode() for i in range(10)]
-    assert set(records[0]) == {"pipeline", "id", "message_id", "published_at", "expect"}
+    assert set(records[0]) == {"pipeline", "id", "message_id", "published_at", "body_sha256", "expect"}
     assert set(records[0]["expect"]) == {"transition"}
+    # how the shared-stream baseline names a record it gives as its value only
+    assert [r["body_sha256"] for r in records] == [hashlib.sha256(v).hexdigest() for _, v, _ in producer.produced]
 
 
 def test_publish_iot_raises_when_a_delivery_fails_and_records_the_rest(tmp_path: Path) -> None:

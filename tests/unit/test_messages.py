@@ -136,3 +136,17 @@ def test_dead_letter_copies_keep_the_original_key_bytes() -> None:
     assert raw_key(binary) == b"\xff\x00dev"
     assert raw_key(Envelope(source="kafka", message_id="t/0/2", body="{}", key="pump-1")) == b"pump-1"
     assert raw_key(Envelope(source="kafka", message_id="t/0/3", body="{}")) is None
+
+
+def test_a_shared_stream_event_is_a_message_named_by_its_value() -> None:
+    """Airflow 3.3's KafkaSharedStreamTrigger (the benchmark's ``shared`` baseline) gives one event per record whose
+    payload is the value as text: the message is named by the value's SHA-256, as the publisher records it."""
+    import hashlib
+
+    reading = '{"device_id": "pump-1", "sensor": "temperature", "value": 81.5, "unit": "C", "ts": "2026-12-06T08:00:00Z"}'
+    events = [{"payload": reading}, {"payload": reading}, {"payload": reading.replace("81.5", "82.0")}]
+    envelopes = envelopes_from_asset_events(events)
+    assert [e.message_id for e in envelopes] == [
+        "sha256:" + hashlib.sha256(reading.encode()).hexdigest(),
+        "sha256:" + hashlib.sha256(reading.replace("81.5", "82.0").encode()).hexdigest()]  # the same value: once
+    assert envelopes[0].source == "kafka" and envelopes[0].body == reading and envelopes[0].offset is None

@@ -101,6 +101,24 @@ def test_stock_setting_builds_the_stock_trigger_from_the_same_arguments(
     assert kwargs.items() <= stored.items() and not streaming_only.keys() & stored.keys()
 
 
+def test_shared_setting_builds_airflows_shared_stream_for_kafka_and_the_stock_sqs_trigger(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    from event_streams import queues
+
+    monkeypatch.setenv(queues.TRIGGERS_ENV, "shared")
+    assert not queues.streaming() and queues.trigger_kind() == "shared"
+    path, stored = MessageQueueTrigger(scheme="kafka+stream", topics=["t"], kafka_config_id="k", group_id="g",
+                                       settled_conn_id="events_db",
+                                       apply_function="include.event_pipelines.messages.kafka_message_to_event"
+                                       ).serialize()
+    assert path == "airflow.providers.apache.kafka.triggers.shared_stream.KafkaSharedStreamTrigger"
+    assert stored == {"topics": ["t"], "kafka_config_id": "k", "poll_timeout": 1.0, "dlq_topic": None}
+    path, _ = MessageQueueTrigger(scheme="sqs+stream", sqs_queue="http://sqs.local/0/q", kept_conn_id="e").serialize()
+    assert path == "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"
+
+
 def test_an_unknown_trigger_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from event_streams import queues
 

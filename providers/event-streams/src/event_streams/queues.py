@@ -4,8 +4,9 @@ Only ``base_provider`` is imported here: importing ``msg_queue`` (which discover
 The trigger module is imported when a trigger is built, not when providers are discovered.
 
 ``EVENT_STREAMS_TRIGGERS=stock`` (in every Airflow component's environment) makes the two schemes build the stock
-provider triggers instead (``SqsSensorTrigger``, ``AwaitMessageTrigger``, given only the arguments they take): the
-benchmark's baseline, so that DAGs name one scheme and carry no switch.
+provider triggers instead (``SqsSensorTrigger``, ``AwaitMessageTrigger``, given only the arguments they take), and
+``shared`` builds Airflow 3.3's shared-stream ``KafkaSharedStreamTrigger`` for Kafka (no SQS one has shipped:
+``SqsSensorTrigger``): the benchmark's baselines, so that DAGs name one scheme and carry no switch.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ if TYPE_CHECKING:
 SQS_STREAM_SCHEME = "sqs+stream"
 KAFKA_STREAM_SCHEME = "kafka+stream"
 TRIGGERS_ENV = "EVENT_STREAMS_TRIGGERS"
-TRIGGER_KINDS = ("stream", "stock")
+TRIGGER_KINDS = ("stream", "stock", "shared")
 
 
 def streaming() -> bool:
     """Whether the ``+stream`` schemes build this distribution's streaming triggers (``EVENT_STREAMS_TRIGGERS``
-    unset or ``stream``), not the stock ones (``stock``), which acknowledge on their own before the run."""
+    unset or ``stream``), not the stock ones (``stock``, ``shared``), which acknowledge on their own before the run."""
+    return trigger_kind() == "stream"
+
+
+def trigger_kind() -> str:
+    """``EVENT_STREAMS_TRIGGERS``: ``stream`` (the default), ``stock`` or ``shared``."""
     kind = os.getenv(TRIGGERS_ENV, "stream") or "stream"
     if kind not in TRIGGER_KINDS:
         raise ValueError(f"{TRIGGERS_ENV}={kind!r}: expected one of {', '.join(TRIGGER_KINDS)}")
-    return kind == "stream"
+    return kind
 
 
 def stock(trigger: type[BaseEventTrigger]) -> Callable[..., BaseEventTrigger]:
@@ -48,7 +54,7 @@ def stock(trigger: type[BaseEventTrigger]) -> Callable[..., BaseEventTrigger]:
 
 class SqsStreamMessageQueueProvider(BaseMessageQueueProvider):
     """``scheme="sqs+stream"`` -> :class:`event_streams.triggers.StreamingSqsTrigger` (same keyword arguments),
-    or ``SqsSensorTrigger`` with ``EVENT_STREAMS_TRIGGERS=stock``."""
+    or ``SqsSensorTrigger`` with ``EVENT_STREAMS_TRIGGERS=stock`` or ``shared``."""
 
     scheme = SQS_STREAM_SCHEME
 
@@ -64,11 +70,15 @@ class SqsStreamMessageQueueProvider(BaseMessageQueueProvider):
 
 class KafkaStreamMessageQueueProvider(BaseMessageQueueProvider):
     """``scheme="kafka+stream"`` -> :class:`event_streams.triggers.StreamingKafkaTrigger` (same keyword arguments),
-    or ``AwaitMessageTrigger`` with ``EVENT_STREAMS_TRIGGERS=stock``."""
+    or ``AwaitMessageTrigger`` with ``EVENT_STREAMS_TRIGGERS=stock``, ``KafkaSharedStreamTrigger`` with ``shared``."""
 
     scheme = KAFKA_STREAM_SCHEME
 
     def trigger_class(self) -> Callable[..., BaseEventTrigger]:  # type: ignore[override]  # it is only called
+        if trigger_kind() == "shared":
+            from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamTrigger
+
+            return stock(KafkaSharedStreamTrigger)
         if not streaming():
             from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
 
