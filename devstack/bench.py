@@ -349,14 +349,62 @@ def tree_cpu_seconds(root: int, proc: Path = Path("/proc")) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def idle_cpu(stack: Stack, seconds: float) -> dict[str, float]:
-    """% of one core used by each Airflow component (with its children) while nothing is published."""
-    run = Path(stack.info["DEVSTACK_RUN"])
-    names = components(stack.info.get("DEVSTACK_PROFILE", "default"))  # the profile that stack was started with
-    pgids = {name: int((run / f"airflow-{name}.pid").read_text()) for name in names}
-    before = {n: group_cpu_seconds(g) for n, g in pgids.items()}
-    time.sleep(seconds)
-    return {n: round(100 * (group_cpu_seconds(g) - before[n]) / seconds, 1) for n, g in pgids.items()}
+def group_rss_mb(pgid: int, proc: Path = Path("/proc")) -> float:
+    """Resident memory of a process group (a component and its children), in MB."""
+    pages = 0
+    for pid, fields in _proc_stats(proc).items():
+        if int(fields[2]) == pgid:
+            try:
+                pages += int((proc / str(pid) / "statm").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+class Meter:
+    """CPU seconds and peak resident memory of each stage (the Airflow components with their children, LocalExecutor
+    task processes included in the scheduler's; the two brokers' JVMs) while a scenario runs: memory sampled every
+    0.5 s."""
+
+    def __init__(self, stack: Stack) -> None:
+        run = Path(stack.info["DEVSTACK_RUN"])
+        names = components(stack.info.get("DEVSTACK_PROFILE", "default"))
+        self.groups = {name: int((run / f"airflow-{name}.pid").read_text()) for name in names}
+        for broker in ("kafka", "elasticmq"):
+            if (run / f"{broker}.pid").exists():
+                self.groups[broker] = int((run / f"{broker}.pid").read_text())
+        self.peak: dict[str, float] = defaultdict(float)
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            for name, pgid in self.groups.items():
+                self.peak[name] = max(self.peak[name], group_rss_mb(pgid))
+
+    def __enter__(self) -> Meter:
+        self.cpu = {n: group_cpu_seconds(g) for n, g in self.groups.items()}
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.used = {n: group_cpu_seconds(g) - self.cpu[n] for n, g in self.groups.items()}
+
+    def per_1000(self, messages: int) -> dict[str, dict[str, float]]:
+        """Per stage: CPU seconds per 1,000 messages, and the peak RSS (MB) while the scenario ran."""
+        scale = 1000 / max(messages, 1)
+        return {n: {"cpu_s_per_1000": round(max(0.0, self.used[n]) * scale, 2), "peak_rss_mb": round(self.peak[n])}
+                for n in self.groups}
+
+
+def at_rest(stack: Stack, seconds: float) -> dict[str, dict[str, float]]:
+    """Per stage at rest: % of one core and resident memory (MB)."""
+    with Meter(stack) as meter:
+        time.sleep(seconds)
+    return {n: {"cpu_pct": round(100 * max(0.0, meter.used[n]) / seconds, 1), "rss_mb": round(meter.peak[n])}
+            for n in meter.groups}
 
 
 PARSE_SCRIPT = """
@@ -411,8 +459,10 @@ def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios:
                     stack.up()
                     if idle_seconds > 0:
                         time.sleep(10)  # let start-up work (first parses, first polls) settle
-                        cpu = idle_cpu(stack, idle_seconds)
-                        idle.append({"database": db, "settings": settings, "seconds": idle_seconds, "cpu_pct": cpu})
+                        rest = at_rest(stack, idle_seconds)
+                        cpu = {n: f["cpu_pct"] for n, f in rest.items()}
+                        idle.append({"database": db, "settings": settings, "seconds": idle_seconds, "cpu_pct": cpu,
+                                     "rss_mb": {n: f["rss_mb"] for n, f in rest.items()}})
                         print(f"  {db:<8} {settings:<7} idle CPU % of one core over {idle_seconds:.0f}s: {cpu}",
                               flush=True)
                     with ReplyListener(stack) as replies:
@@ -424,8 +474,11 @@ def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios:
                             listener = replies if broker == "sqs" else None
                             for scenario, make in workloads(stack, broker, scale, listener, rates or {}).items():
                                 if scenario in scenarios:
-                                    rows.append(measure(stack, db, broker, make(), scenario, settings, wait,
-                                                        replies=listener))
+                                    with Meter(stack) as meter:
+                                        records = make()
+                                        row = measure(stack, db, broker, records, scenario, settings, wait,
+                                                      replies=listener)
+                                    rows.append({**row, "cost": meter.per_1000(len(records))})
                         if "mixed" in scenarios and settings != "shared":
                             rows += mixed(stack, db, settings, scale, wait, replies)
                         if "kafka" in brokers:
@@ -494,6 +547,19 @@ def render_ratios(rows: list[dict[str, Any]], baseline: str = "guide") -> str:
     return "\n".join(lines)
 
 
+def render_cost(rows: list[dict[str, Any]]) -> str:
+    """CPU seconds per 1,000 messages and peak RSS (MB) of each stage, per row that has them."""
+    stages = sorted({n for r in rows for n in r.get("cost", {})})
+    lines = [f"{'db':<8} {'broker':<9} {'settings':<8} {'scenario':<9} " + " ".join(f"{n:>19}" for n in stages)
+             + "   (CPU s per 1,000 msgs / peak RSS MB)"]
+    for r in rows:
+        if "cost" in r:
+            cells = [f"{r['cost'][n]['cpu_s_per_1000']:>9.2f} / {r['cost'][n]['peak_rss_mb']:>6.0f}"
+                     if n in r["cost"] else f"{'-':>19}" for n in stages]
+            lines.append(f"{r['database']:<8} {r['broker']:<9} {r['settings']:<8} {r['scenario']:<9} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 def render_faults(faults: list[dict[str, Any]]) -> str:
     lines = [f"{'db':<8} {'settings':<8} {'scenario':<15} {'sent':>5} {'in sink':>8} {'lost':>5} {'delivered twice':>16}"]
     for f in faults:
@@ -510,8 +576,8 @@ def render_checks(checks: dict[str, Any]) -> str:
              f"dags/ parse (fresh interpreter, DagBag): {p['dags_folder_s']:.2f}s for {p['dags']} DAGs, "
              f"{p['errors']} errors; per file: " + ", ".join(f"{k} {v:.2f}s" for k, v in p["files_s"].items())]
     for i in checks["idle"]:
-        lines.append(f"idle CPU ({i['database']}, {i['settings']}, {i['seconds']:.0f}s), % of one core: "
-                     + ", ".join(f"{k} {v}" for k, v in i["cpu_pct"].items()))
+        lines.append(f"at rest ({i['database']}, {i['settings']}, {i['seconds']:.0f}s), % of one core / RSS MB: "
+                     + ", ".join(f"{k} {v} / {i.get('rss_mb', {}).get(k, '-')}" for k, v in i["cpu_pct"].items()))
     return "\n".join(lines)
 
 
@@ -555,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
     checks_out.write_text(json.dumps(checks, indent=2) + "\n")
-    print(f"\n{render(rows)}\n\nwhere the time goes (p50 s after publish):\n{render_hops(rows)}\n\nguide -> project:\n{render_ratios(rows)}\n\nshared -> project:\n{render_ratios(rows, 'shared')}\n\nfaults (Kafka):\n{render_faults(checks['faults'])}\n\n{render_checks(checks)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; "
+    print(f"\n{render(rows)}\n\nwhere the time goes (p50 s after publish):\n{render_hops(rows)}\n\nguide -> project:\n{render_ratios(rows)}\n\nshared -> project:\n{render_ratios(rows, 'shared')}\n\ncost per stage:\n{render_cost(rows)}\n\nfaults (Kafka):\n{render_faults(checks['faults'])}\n\n{render_checks(checks)}\n\n{len(rows)} rows in {time.monotonic() - started:.0f}s; "
           f"written to {args.out} and {checks_out}")
     return 0
 

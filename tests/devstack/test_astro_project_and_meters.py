@@ -70,3 +70,19 @@ def test_cpu_of_a_process_tree_counts_descendants_only(tmp_path: Path) -> None:
         (tmp_path / str(pid) / "stat").write_text(f"{pid} (postgres: a backend) " + " ".join(fields))
     assert tree_cpu_seconds(10, tmp_path) == (5 + 7 + 3 + 3) / tick
     assert tree_cpu_seconds(99, tmp_path) == 0
+
+
+def test_resident_memory_of_a_group_sums_its_members_only(tmp_path: Path) -> None:
+    """The benchmark's memory figure per stage: the RSS pages of every process in the group, nothing else."""
+    import os
+
+    from devstack.bench import group_rss_mb
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid, pgrp, resident in [(42, 42, 1000), (43, 42, 500), (44, 7, 90000)]:
+        (tmp_path / str(pid)).mkdir()
+        fields = ["S", "1", str(pgrp)] + ["0"] * 17
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (airflow scheduler) " + " ".join(fields))
+        (tmp_path / str(pid) / "statm").write_text(f"99999 {resident} 10 1 0 5 0")
+    assert group_rss_mb(42, tmp_path) == 1500 * page / 1e6
+    assert group_rss_mb(5, tmp_path) == 0
