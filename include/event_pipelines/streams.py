@@ -280,8 +280,11 @@ def act(events: Engine, pipeline: str, message_ids: Sequence[str], action: str, 
 
 
 # --- drift ----------------------------------------------------------------------------------------------------
-def kafka_drift(partitions: Sequence[Mapping[str, Any]], group: str) -> dict[str, Any]:
-    """Broker's committed offset against what the runs settled (``settled_through``), per partition, in words."""
+def kafka_drift(partitions: Sequence[Mapping[str, Any]], group: str, in_airflow: int = 0) -> dict[str, Any]:
+    """Broker's committed offset against what the runs settled (``settled_through``), per partition, in words;
+    ``in_airflow``: the records Airflow holds past the committed offset (waiting asset events, active runs)."""
+    held = ([f"Airflow holds {in_airflow} record(s) past the committed offset (waiting asset events and active "
+             "runs); they are committed once their runs settle them"] if in_airflow else [])
     behind, ahead, lost = [], [], []
     for p in partitions:
         committed, mark = p.get("committed"), p.get("settled_through")
@@ -296,7 +299,7 @@ def kafka_drift(partitions: Sequence[Mapping[str, Any]], group: str) -> dict[str
             ahead.append(f"{name}: committed {committed}, settled through {mark}")
     if not (behind or ahead or lost):
         return {"state": "in step", "verdict": "The broker's committed offsets match what the runs settled.",
-                "details": []}
+                "details": held}
     words, action = [], []
     if behind:
         words.append("the broker's committed offset is behind what the runs settled: a restarted watcher reads those "
@@ -312,7 +315,7 @@ def kafka_drift(partitions: Sequence[Mapping[str, Any]], group: str) -> dict[str
         words.append("the broker has no committed offset for the group: the watcher resumes from the offsets the "
                      "runs recorded")
     return {"state": "drift", "verdict": "; ".join(words).capitalize() + ".", "action": "; ".join(action) or None,
-            "details": behind + ahead + lost}
+            "details": behind + ahead + lost + held}
 
 
 def sqs_drift(in_flight: int | None, held: int, waiting: int) -> dict[str, Any]:
@@ -353,7 +356,8 @@ def overview(session: Session, events: Engine | None) -> list[dict[str, Any]]:
                 if "error" in broker:
                     section["drift"] = {"state": "unknown", "verdict": "The broker is unreachable.", "details": []}
                 elif w.broker == "kafka":
-                    section["drift"] = kafka_drift(broker["partitions"], str(broker["group"]))
+                    held = held_by_active_runs(session, dag_id) + section["airflow"]["waiting_messages"]
+                    section["drift"] = kafka_drift(broker["partitions"], str(broker["group"]), held)
                 elif w.broker == "sqs":
                     section["drift"] = sqs_drift(broker.get("in_flight"), held_by_active_runs(session, dag_id),
                                                  section["airflow"]["waiting_messages"])

@@ -114,6 +114,8 @@ def test_kafka_drift_verdicts() -> None:
     assert "will not read those records" in ahead["verdict"] and "airflow.iot_alerting" in ahead["action"]
     assert "no committed offset" in streams.kafka_drift([_partition(None, 40)], "g")["verdict"]
     assert streams.kafka_drift([_partition(7, None)], "g")["state"] == "in step"  # nothing settled yet: no claim
+    flowing = streams.kafka_drift([_partition(40, 40)], "g", in_airflow=12)  # records on their way: not drift
+    assert flowing["state"] == "in step" and flowing["details"][0].startswith("Airflow holds 12 record(s) past")
 
 
 def test_sqs_drift_verdicts() -> None:
