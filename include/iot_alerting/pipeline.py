@@ -18,8 +18,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import Engine, delete, select, tuple_
+from sqlalchemy import Engine, delete, select, text, tuple_
 
 from include.event_pipelines import db
 from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
@@ -107,16 +108,26 @@ def publish_outbox(engine: Engine, publish: Publisher, after_effect: Callable[[s
     t = tables.iot_alert_outbox
     published = 0
     while True:
-        with engine.connect() as conn:
+        with engine.begin() as conn:  # one drainer at a time, from its read to its delete (_lock_outbox)
+            _lock_outbox(conn)
             rows = conn.execute(select(t.c.id, t.c.event).order_by(t.c.id).limit(batch)).all()
-        if not rows:
-            return published
-        publish([AlertEvent.model_validate_json(event) for _, event in rows])  # flushed: acknowledged by the topic
-        if after_effect is not None:
-            after_effect("iot.after_publish")
-        with engine.begin() as conn:
+            if not rows:
+                return published
+            publish([AlertEvent.model_validate_json(event) for _, event in rows])  # flushed: acknowledged
+            if after_effect is not None:
+                after_effect("iot.after_publish")  # a failure here rolls the delete back: the rows stay
             conn.execute(delete(t).where(t.c.id.in_([i for i, _ in rows])))
         published += len(rows)
+
+
+def _lock_outbox(conn: Any) -> None:
+    """Hold the outbox until this transaction ends, so overlapping runs (``max_active_runs`` > 1) do not both
+    publish the same alerts: PostgreSQL, a transaction-level advisory lock; SQLite, the database's write lock, taken
+    now by a write that changes nothing (the others wait for it: ``busy_timeout``)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('iot_alert_outbox'))"))
+    else:
+        conn.execute(text(f"DELETE FROM {tables.iot_alert_outbox.name} WHERE 0 = 1"))
 
 
 def process_readings(

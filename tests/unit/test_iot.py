@@ -127,6 +127,39 @@ def test_an_alert_is_published_only_once_its_state_change_is_stored(engine: Engi
     assert len(published.calls) == 1  # an empty outbox publishes nothing
 
 
+def test_two_overlapping_runs_publish_each_stored_alert_once(engine: Engine) -> None:
+    """Runs overlap (max_active_runs=2) and each drains the outbox: the drains take turns (the database's write lock
+    on SQLite), so an alert stored once is published once, however the two runs interleave. Before the lock, both
+    read the same rows while the first was publishing, and both published them."""
+    import threading
+    import time
+
+    from include.iot_alerting.pipeline import publish_outbox
+
+    with pytest.raises(RuntimeError, match="unavailable"):  # stored, and left in the outbox
+        process_readings([reading(0, "fan-2", "vibration", 20.0, "mm/s", 0),
+                          reading(1, "fan-2", "vibration", 5.0, "mm/s", 1)], engine, _down, now=NOW)
+    published: list[str] = []
+
+    def slow(alerts) -> None:  # a publish and flush that takes a while, as over the network
+        time.sleep(0.5)
+        published.extend(a.dedup_key for a in alerts)
+
+    drains = [threading.Thread(target=publish_outbox, args=(engine, slow)) for _ in range(2)]
+    for d in drains:
+        d.start()
+    for d in drains:
+        d.join()
+    with engine.connect() as conn:
+        stored = conn.execute(select(iot_tables.iot_alerts.c.dedup_key).order_by(iot_tables.iot_alerts.c.ts)).scalars()
+        assert published == list(stored) and len(published) == 2  # raised, cleared: once each, in order
+        assert conn.execute(select(iot_tables.iot_alert_outbox)).all() == []
+
+
+def _down(alerts) -> None:
+    raise RuntimeError("alerts topic unavailable")
+
+
 @pytest.mark.parametrize(("point", "republished"), [("iot.before_commit", 0), ("iot.after_commit", 0),
                                                     ("iot.after_publish", 1)])
 def test_a_crash_at_each_point_ends_with_the_state_and_the_alerts_of_one_run(engine: Engine, point: str,
