@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+# include/data of the project this folder is in: /usr/local/airflow/include/data in the Astro image, the project's own
+# folder under `astro dev start --standalone` or the native runner.
+DATA_DIR: Path = Path(__file__).resolve().parents[1] / "data"
 
 DELIVERY_QUEUE: str = os.getenv("DELIVERY_QUEUE", "data-deliveries")
 DELIVERY_DLQ: str = os.getenv("DELIVERY_DLQ", "data-deliveries-dlq")
 
 # Where bad delivered files are moved with a reason file (any ObjectStoragePath URI: file://, s3://, ...).
-QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", "file:///usr/local/airflow/include/data/quarantine")
+QUARANTINE_URI: str = os.getenv("QUARANTINE_URI", (DATA_DIR / "quarantine").as_uri())
 
 # Where delivered files may be read from (docs/hostile-input.md): comma-separated roots; a delivery whose URI
 # (resolved, symlinks included, for file://) is not under one of them is dead-lettered and its file never touched.
 # Add s3://bucket/prefix roots for S3 (needs s3fs installed).
 ETL_LANDING_ROOTS: tuple[str, ...] = tuple(
-    r.strip() for r in os.getenv("ETL_LANDING_ROOTS", "file:///usr/local/airflow/include/data/landing").split(",")
+    r.strip() for r in os.getenv("ETL_LANDING_ROOTS", (DATA_DIR / "landing").as_uri()).split(",")
     if r.strip()
 )
 ETL_MAX_FILE_BYTES: int = int(os.getenv("ETL_MAX_FILE_BYTES", str(256 * 1024 * 1024)))

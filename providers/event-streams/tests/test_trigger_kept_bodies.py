@@ -128,7 +128,8 @@ def test_a_redelivered_oversize_body_is_kept_once(events_db: Engine) -> None:
 
 def test_a_database_failure_holds_the_oversize_message_back_until_it_can_be_kept(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", f"sqlite:///{tmp_path / 'no-such-dir' / 'events.db'}")  # down
+    (tmp_path / "no-such-dir").write_text("")  # down: the database's folder is a file, so it cannot be opened or made
+    monkeypatch.setenv("AIRFLOW_CONN_EVENTS_DB", f"sqlite:///{tmp_path / 'no-such-dir' / 'events.db'}")
     trigger = _trigger()
     client = Sqs([("big", BIG), ("small", "{}")], [], [("big", BIG)])
     batch = asyncio.run(trigger.gather(client))
@@ -137,7 +138,7 @@ def test_a_database_failure_holds_the_oversize_message_back_until_it_can_be_kept
     trigger.handed(batch)
     assert [h for _, hs in trigger._handed for _, h in hs] == ["rh-small-1"]  # never extended to the run's budget
 
-    (tmp_path / "no-such-dir").mkdir()  # the database is back; SQS delivers the message again
+    (tmp_path / "no-such-dir").unlink()  # the database is back; SQS delivers the message again
     engine = create_engine(f"sqlite:///{tmp_path / 'no-such-dir' / 'events.db'}")
     (again,) = asyncio.run(trigger.gather(client))
     assert (again["MessageId"], again[payload.BODY_KEPT_IN]) == ("big", "kept_bodies")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, MetaData, Table, insert, text
@@ -27,9 +28,12 @@ _ready: dict[str, weakref.WeakSet[Engine]] = {}  # lock name -> the engines whos
 
 
 def create_all(metadata: MetaData, engine: Engine, lock_name: str, attempts: int = 10) -> None:
-    """``metadata.create_all(checkfirst=True)``, safe from concurrent callers on SQLite and PostgreSQL."""
+    """``metadata.create_all(checkfirst=True)``, safe from concurrent callers on SQLite and PostgreSQL. A SQLite
+    file's folder is created first if missing (SQLite creates the file, not its folder)."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(attempts):
         try:
             with engine.begin() as conn:
