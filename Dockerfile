@@ -1,4 +1,18 @@
-FROM astrocrpublic.azurecr.io/runtime:3.3-2
+# The -base image is Astro Runtime 3.3-2 without its ONBUILD steps. They are written out below, in the same order but
+# for one change: the queue provider (providers/event-streams) is copied before requirements.txt is installed,
+# because requirements.txt installs it by path. The ONBUILD steps would install requirements.txt before the project
+# is copied, and the path would not exist yet. `astro dev start --standalone` runs none of this file: it installs
+# requirements.txt from the project folder, where the path exists.
+FROM astrocrpublic.azurecr.io/runtime:3.3-2-base
+
+COPY packages.txt .
+USER root
+RUN /usr/local/bin/install-system-packages
+COPY requirements.txt .
+COPY --chown=astro:0 providers/event-streams providers/event-streams
+RUN /usr/local/bin/install-python-dependencies
+USER astro
+COPY --chown=astro:0 . .
 
 # Airflow settings for event-driven DAGs. The native runner (`make up`, `make bench`, the tests) applies these same
 # ENV lines (devstack/settings.py reads them), so what docs/performance.md measured is what ships.
@@ -26,9 +40,3 @@ ENV AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=15
 # pool, instead of every task process loading them (~4 s per task at rest; docs/scale-out.md). Airflow's own Celery
 # settings are unchanged. LocalExecutor does not read it.
 ENV AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=include.event_pipelines.celery_worker.CELERY_CONFIG
-
-# This project's streaming watcher triggers (MessageQueueTrigger schemes sqs+stream and kafka+stream), as an installed
-# provider distribution: the triggerer imports the stored trigger class (event_streams.triggers.*) from site-packages,
-# and Airflow discovers the schemes through its apache_airflow_provider entry point. Astro Runtime's ONBUILD steps have
-# already copied the project into /usr/local/airflow and installed requirements.txt (its dependencies) by now.
-RUN pip install --no-cache-dir "/usr/local/airflow/providers/event-streams[sqs,kafka]"

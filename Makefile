@@ -9,7 +9,7 @@ export PYTHONPATH := $(CURDIR)
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 
-.PHONY: venv brokers lint test test-faults test-kafka test-ha test-postgres test-copy test-ui test-unit model up down demo bench bench-kafka bench-workers bench-streams status clean
+.PHONY: venv brokers lint test test-faults test-kafka test-ha test-postgres test-copy test-ui test-standalone test-unit model up down demo bench bench-kafka bench-workers bench-streams status clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,7 @@ lint: venv
 test: venv lint
 	rm -rf $(STATE)/test-home && mkdir -p $(STATE)/test-home
 	AIRFLOW_HOME=$(STATE)/test-home/astro $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) .astro/test_dag_integrity_default.py
-	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/stack/faults --ignore=tests/stack/copy --ignore=tests/stack/ha --ignore=tests/stack/kafka --ignore=tests/stack/ui
+	AIRFLOW_HOME=$(STATE)/test-home/tests $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests providers/event-streams/tests --ignore=tests/stack/faults --ignore=tests/stack/copy --ignore=tests/stack/ha --ignore=tests/stack/kafka --ignore=tests/stack/ui --ignore=tests/stack/standalone
 
 ## test-faults: the fault suite on the real stack (kill -9 the triggerer, broker outage, retries, backlog, ...)
 test-faults: venv
@@ -59,6 +59,12 @@ test-copy: venv
 ## chromium-driver): the figures, a dead letter replayed once from the page, an offset reset shown as drift
 test-ui: venv
 	AIRFLOW_HOME=$(STATE)/test-home/ui $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/ui
+
+## test-standalone: `astro dev start --standalone` reproduced on a fresh copy of the project (astro-cli's steps: a uv
+## venv with Airflow + requirements.txt only, standalone.env, `airflow standalone`), with the brokers of `make brokers`;
+## one message per pipeline through to its effect (tests/stack/standalone)
+test-standalone: venv
+	AIRFLOW_HOME=$(STATE)/test-home/standalone $(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/stack/standalone
 
 ## test-unit: only the logic in include/ and providers/event-streams (no Airflow process, no broker)
 test-unit: venv

@@ -3,8 +3,8 @@
 The scaffold has the files `astro dev init` writes for Airflow 3 (Dockerfile, requirements.txt, packages.txt,
 airflow_settings.yaml, .astro/ with Astro's DAG integrity test, dags/ with an example DAG, include/, plugins/, tests/);
 per pipeline, the test copies the paths of its manifest (docs/copy/<pipeline>.yaml), adds its requirement and
-Dockerfile lines and its connections, builds a virtualenv from the scaffold's own requirements.txt (and the
-Dockerfile's provider install, with the pipeline's broker extra), checks that the other broker's packages were not
+Dockerfile lines and its connections, builds a virtualenv from the scaffold's own requirements.txt (the provider with
+the pipeline's broker extra is a line of it), checks that the other broker's packages were not
 installed, runs Astro's integrity test there, then the pipeline's end-to-end test on the real stack running the
 scaffold (the runner's own needs added to the virtualenv first: it creates Kafka topics with confluent-kafka).
 """
@@ -103,8 +103,11 @@ def make_project(dest: Path, pipeline: str) -> dict:
             shutil.copy2(src, dest / path)
     with (dest / "requirements.txt").open("a") as f:
         f.write("\n".join(spec["requirements"]) + "\n")
-    with (dest / "Dockerfile").open("a") as f:
-        f.write("\n".join(spec["dockerfile"]) + "\n")
+    lines = list(spec["dockerfile"])
+    dockerfile = (dest / "Dockerfile").read_text().splitlines()
+    if lines and lines[0].startswith("FROM "):  # the manifest's FROM replaces the scaffold's
+        dockerfile = [lines.pop(0) if line.startswith("FROM ") else line for line in dockerfile]
+    (dest / "Dockerfile").write_text("\n".join(dockerfile + lines) + "\n")
     ours = yaml.safe_load((ROOT / "airflow_settings.yaml").read_text())["airflow"]["connections"]
     settings = yaml.safe_load((dest / "airflow_settings.yaml").read_text())
     settings["airflow"]["connections"] = [c for c in ours if c["conn_id"] in spec["connections"]]
@@ -114,16 +117,14 @@ def make_project(dest: Path, pipeline: str) -> dict:
 
 
 def make_venv(project: Path) -> Path:
-    """The scaffold's own virtualenv: Airflow, its requirements.txt, and what its Dockerfile RUN line installs."""
+    """The scaffold's own virtualenv: Airflow and its requirements.txt, installed from the project folder (as the
+    Dockerfile's install step and `astro dev start --standalone` do), nothing else."""
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     venv = project / ".venv"
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
-    dockerfile_installs = [line.split("/usr/local/airflow/", 1)[1].strip('"') for line in
-                           (project / "Dockerfile").read_text().splitlines() if line.startswith("RUN pip install")]
     subprocess.run([uv, "pip", "install", "-q", "--python", str(python), "apache-airflow==3.3.2", "pytest==9.2.0",
-                    "-r", str(project / "requirements.txt"), *[str(project / p) for p in dockerfile_installs]],
-                   check=True, cwd=project)
+                    "-r", "requirements.txt"], check=True, cwd=project)
     return python
 
 
