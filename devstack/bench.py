@@ -50,7 +50,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, select
 
-from devstack import demo, publish
+from devstack import demo, pipelines, publish
 from devstack.stack import components
 from devstack.summary import timeline
 from devstack.testing import ROOT, Stack, unavailable_reason
@@ -216,7 +216,7 @@ def fault_workloads(stack: Stack) -> dict[str, Callable[[], list[dict[str, Any]]
     """The two fault rows, on Kafka: the triggerer killed mid-stream, and a run that fails for good."""
     def kill_triggerer() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        sender = threading.Thread(target=lambda: out.extend(publish.publish_iot(
+        sender = threading.Thread(target=lambda: out.extend(publish.publish("iot",
             600, devices=50, rate=100, run_id=f"kill{int(time.time())}", bootstrap=stack.bootstrap)))
         sender.start()
         time.sleep(2)
@@ -235,8 +235,8 @@ def fault_workloads(stack: Stack) -> dict[str, Callable[[], list[dict[str, Any]]
         with airflow.connect() as conn:
             failed_before = conn.exec_driver_sql(count).scalar_one()
         marker.write_text("always")
-        records = publish.publish_iot(20, devices=4, rate=10, run_id=f"ffg{int(time.time())}",
-                                      bootstrap=stack.bootstrap)
+        records = publish.publish("iot", 20, devices=4, rate=10, run_id=f"ffg{int(time.time())}",
+                                  bootstrap=stack.bootstrap)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             with airflow.connect() as conn:
@@ -284,8 +284,8 @@ def workloads(stack: Stack, broker: str, scale: float, replies: ReplyListener | 
 
     def pub(count: int, rate: float, run_id: str) -> list[dict[str, Any]]:
         if broker == "sqs":
-            return publish.publish_inference(count, run_id=run_id, rate=rate, target=stack.target, sqs_client=sqs)
-        return publish.publish_iot(count, devices=50, run_id=run_id, rate=rate, producer=producer)
+            return publish.publish("inference", count, run_id=run_id, rate=rate, target=stack.target, sqs_client=sqs)
+        return publish.publish("iot", count, devices=50, run_id=run_id, rate=rate, producer=producer)
 
     def latency() -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
@@ -306,16 +306,13 @@ def workloads(stack: Stack, broker: str, scale: float, replies: ReplyListener | 
     }
 
 
-MIXED_DAGS = {"etl": "data_delivery_etl", "iot": "iot_alerting", "inference": "inference_execution"}
-
-
 def mixed(stack: Stack, db: str, settings: str, scale: float, wait: float,
           replies: ReplyListener) -> list[dict[str, Any]]:
     """``make demo``'s traffic, all three pipelines at once (deliveries 5/s, readings 5/s, requests 10/s and a burst
     of 100 requests): one row per pipeline."""
     records = demo.publish_all({**stack.info}, f"mix{int(time.time())}", scale)
     rows = []
-    for pipeline, dag_id in MIXED_DAGS.items():
+    for pipeline, dag_id in ((p.name, p.dag_id) for p in pipelines.pipelines()):
         mine = [r for r in records if r["pipeline"] == pipeline]
         rows.append(measure(stack, db, pipeline, mine, "mixed", settings, wait,
                             replies=replies if pipeline == "inference" else None, dag_id=dag_id))

@@ -53,8 +53,8 @@ def burst(stack: Stack, name: str, count: int, wait: float, replies: ReplyListen
     meters = cpu_meters(stack)
     before = {n: meter() for n, meter in meters.items()}
     started = time.monotonic()
-    records = publish.publish_inference(count, run_id=f"w{name.replace('-', '')}{int(time.time())}",
-                                        target=stack.target)
+    records = publish.publish("inference", count, run_id=f"w{name.replace('-', '')}{int(time.time())}",
+                              target=stack.target)
     row = measure(stack, "postgres", "sqs", records, "burst", name, wait, replies=replies)
     seconds = time.monotonic() - started
     replied = count - row["no_effect"]
@@ -84,8 +84,8 @@ def run(names: list[str], count: int, wait: float) -> list[dict[str, Any]]:
                 with ReplyListener(stack) as replies:
                     # A burst first, replied to before measuring: the first tasks after a start warm the execution
                     # API and the workers, and ElasticMQ's JVM spent ~3 CPU-s per 1,000 messages more while cold.
-                    warm = publish.publish_inference(WARM_UP, run_id=f"warm{profile}{int(time.time())}",
-                                                     target=stack.target)
+                    warm = publish.publish("inference", WARM_UP, run_id=f"warm{profile}{int(time.time())}",
+                                           target=stack.target)
                     replies.wait({r["expect"]["request_id"] for r in warm}, wait)
                     for name in sorted(members, key=lambda n: len(CONFIGS[n][1])):
                         for component in CONFIGS[name][1]:

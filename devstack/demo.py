@@ -1,9 +1,9 @@
-"""``make demo``: publish sample events for all three pipelines to the running native stack, then summarize.
+"""``make demo``: publish sample events for every pipeline to the running native stack, then summarize.
 
-Publishes deliveries (SQS), sensor readings (Kafka, paced) and inference requests (SQS, paced, plus a burst
-that the scheduler coalesces into fewer runs), prints progress while the runs happen, then a summary per pipeline:
-messages published, DAG runs and task states, rows written, alerts and replies, publish -> run-start latency.
-Exits 1 if anything expected is missing after the deadline.
+Publishes what each pipeline's samples module asks for (``DemoLoad``: deliveries on SQS, sensor readings on Kafka,
+paced, inference requests, paced, plus a burst that the scheduler coalesces into fewer runs), prints progress while
+the runs happen, then a summary per pipeline: messages published, DAG runs and task states, rows written, alerts
+and replies, publish -> run-start latency. Exits 1 if anything expected is missing after the deadline.
 """
 
 from __future__ import annotations
@@ -16,18 +16,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import publish, stack, summary
+from devstack import pipelines, publish, stack, summary
+from include.event_pipelines.samples_api import DemoLoad, PipelineSamples
 
 
 def publish_all(env: dict[str, str], run_id: str, scale: float = 1.0) -> list[dict[str, Any]]:
-    landing = Path(env["LANDING_DIR"])
-    sqs_kwargs = {"target": publish.SqsTarget(env["SQS_ENDPOINT_URL"], env["SQS_QUEUE_URL_PREFIX"], "us-east-1")}
-    jobs = {
-        "etl": lambda: publish.publish_etl(int(10 * scale), run_id=run_id, rate=5, rows=5, landing_dir=landing, **sqs_kwargs),
-        "iot": lambda: publish.publish_iot(int(30 * scale), devices=3, run_id=run_id, rate=5, bootstrap=env["KAFKA_BOOTSTRAP"]),
-        "inference": lambda: publish.publish_inference(int(50 * scale), run_id=run_id, rate=10, **sqs_kwargs),
-        "burst": lambda: publish.publish_inference(int(100 * scale), run_id=f"{run_id}0", rate=0, **sqs_kwargs),
-    }
+    """Every pipeline's demo loads at once, one publisher thread each; the stack's ``env`` gives the brokers and the
+    options a pipeline reads from the environment (the ETL's landing folder)."""
+    brokers: dict[str, Any] = {"target": publish.SqsTarget(env["SQS_ENDPOINT_URL"], env["SQS_QUEUE_URL_PREFIX"], "us-east-1"),
+                               "bootstrap": env["KAFKA_BOOTSTRAP"]}
+
+    def job(spec: PipelineSamples, load: DemoLoad) -> Any:
+        from_env = {o.name: o.type(env[o.env]) for o in spec.options if o.env and o.env in env}
+        return lambda: publish.publish(spec.name, int(load.count * scale), run_id=f"{run_id}{load.run_suffix}",
+                                       rate=load.rate, **brokers, **{**from_env, **load.options})
+
+    jobs = {load.label or spec.name: job(spec, load) for spec in pipelines.pipelines() for load in spec.demo}
     results: dict[str, list[dict[str, Any]]] = {}
     errors: list[BaseException] = []
 
@@ -71,9 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
         f"sqlite:///{stack.DATA / 'events.db'}",
         bootstrap=env["KAFKA_BOOTSTRAP"],
-        alerts_topic="iot-alerts",
         sqs=sqs,
-        reply_queue_url=f"{env['SQS_QUEUE_URL_PREFIX']}/inference-replies",
+        queue_url_prefix=env["SQS_QUEUE_URL_PREFIX"],
         timeout=args.timeout,
         on_progress=progress,
     )

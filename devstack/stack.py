@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devstack import brokers, postgres, redis
+from devstack import brokers, pipelines, postgres, redis
 from devstack.astro_project import connection_env, dockerfile_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +77,10 @@ WORKER_CONCURRENCY = 4
 # Stop order of `down`, by kind: nothing new is scheduled or deferred first; workers finish (or are killed with) their
 # tasks before the API server they report to goes.
 STOP_ORDER = ("scheduler", "triggerer", "dag-processor", "worker", "api-server")
-# The watcher-driven DAGs to unpause and wait for (DEVSTACK_DAG_IDS: comma-separated, for a project with fewer).
-DAG_IDS = tuple(os.environ.get("DEVSTACK_DAG_IDS", "data_delivery_etl,iot_alerting,inference_execution").split(","))
+# The watcher-driven DAGs to unpause and wait for: every pipeline found (devstack.pipelines), or DEVSTACK_DAG_IDS
+# (comma-separated, for a project with fewer).
+_DAG_IDS_ENV = os.environ.get("DEVSTACK_DAG_IDS")
+DAG_IDS = tuple(_DAG_IDS_ENV.split(",")) if _DAG_IDS_ENV is not None else tuple(p.dag_id for p in pipelines.pipelines())
 LISTEN_HOST = brokers.HOST  # every server of the stack binds this (loopback) address only
 SQS_ENDPOINT = f"http://{brokers.HOST}:{brokers.SQS_PORT}"
 KAFKA_BOOTSTRAP = f"{brokers.HOST}:{brokers.KAFKA_PORT}"

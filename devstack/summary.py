@@ -1,10 +1,11 @@
 """What the pipelines did with what the publisher sent: runs, task states, rows, alerts, replies, latency.
 
 Reads the publisher's records (``devstack.publish --record``: one JSON line per message with what it must
-produce), then looks at the real sinks: Airflow's metadata DB (asset events -> DAG runs -> task instances), the
-pipelines' database, the ``iot-alerts`` topic and the ``inference-replies`` queue. ``collect`` waits until every
-expected effect is there (or the deadline passes) and returns one report per pipeline; ``missing`` lists what
-never appeared.
+produce), then looks at Airflow's metadata DB (asset events -> DAG runs -> task instances), the shared dead letters
+and the dead-letter queues/topics; what each pipeline's own sinks hold (rows, alerts on a topic, replies on a queue)
+is its sink check (``include/<dag_id>/samples.py``, found by ``devstack.pipelines``), which reads brokers through
+``Brokers``. ``collect`` waits until every expected effect is there (or the deadline passes) and returns one report
+per pipeline; ``missing`` lists what never appeared.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,13 +23,10 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, create_engine, select, text
 
-from include.data_delivery_etl import tables as etl_tables
+from devstack import pipelines
 from include.event_pipelines import db
 from include.event_pipelines.messages import envelopes_from_asset_events
-from include.inference_execution import tables as inference_tables
-from include.iot_alerting import tables as iot_tables
-
-DAG_OF = {"etl": "data_delivery_etl", "iot": "iot_alerting", "inference": "inference_execution"}
+from include.event_pipelines.samples_api import DEAD_LETTER, PipelineSamples
 
 
 @dataclass
@@ -130,24 +128,10 @@ def run_and_task_states(airflow: Engine, dag_id: str, run_ids: set[str]) -> tupl
     return runs, tasks
 
 
-def _present(events: Engine, column: Any, values: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    with events.connect() as conn:
-        for chunk in db.chunked(values):
-            found |= set(conn.execute(select(column).where(column.in_(chunk))).scalars())
-    return found
-
-
 def _dead_letters(events: Engine, pipeline: str) -> dict[str, str]:
     t = db.dead_letters
     with events.connect() as conn:
         return dict(conn.execute(select(t.c.message_id, t.c.reason).where(t.c.pipeline == pipeline)).all())
-
-
-def _quarantine(events: Engine) -> dict[str, str]:
-    t = etl_tables.etl_quarantine
-    with events.connect() as conn:
-        return dict(conn.execute(select(t.c.delivery_id, t.c.reason)).all())
 
 
 def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[Any]:
@@ -173,34 +157,10 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10) -> list[Any]:
         consumer.close()
 
 
-def read_alerts(bootstrap: str, topic: str, device_ids: set[str], timeout: float = 10) -> list[dict[str, Any]]:
-    """Every alert for these devices on the alert topic."""
-    alerts = [json.loads(m.value()) for m in read_topic(bootstrap, topic, timeout)]
-    return [a for a in alerts if a.get("device_id") in device_ids]
-
-
-def compare_alerts(good: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
-    """The alerts on the topic against the readings published: counts, and what is wrong. Per-device order is checked
-    through the reading each transition came from: applied in order, a device's readings raise and clear exactly at
-    the readings the publisher computed (``expect.transition``); a reading applied early or late moves a transition
-    to another reading. Repeats of a dedup key (a retried run publishing again) are counted, not errors."""
-    expected = Counter(r["expect"]["transition"] for r in good if r["expect"].get("transition"))
-    distinct = {a["dedup_key"]: a["kind"] for a in alerts}
-    got = Counter(distinct.values())
-    want = {(r["message_id"], r["expect"]["transition"]) for r in good if r["expect"].get("transition")}
-    at = {(a["source_message_id"], a["kind"]) for a in alerts}
-    outputs = {"alerts_raised": got["raised"], "alerts_cleared": got["cleared"],
-               "alert_duplicates": len(alerts) - len(distinct), "alerts_out_of_order": len(want ^ at)}
-    if got != expected:
-        return outputs, [f"alerts {dict(got)} != expected {dict(expected)}"]
-    if want != at:
-        return outputs, [f"{len(want ^ at)} alerts at other readings than per-device order gives"]
-    return outputs, []
-
-
-def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1) -> None:
-    """Receive replies, keep (and delete) those whose correlation id is wanted. Others are hidden for 10 s, so one
-    call ends even when replies of other publishers are queued, and then come back for their owner."""
+def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dict], wait: float = 1,
+                 field: str = "correlation_id") -> None:
+    """Receive replies, keep (and delete) those whose ``field`` (the correlation id) is wanted. Others are hidden for
+    10 s, so one call ends even when replies of other publishers are queued, and then come back for their owner."""
     for _ in range(500):  # bounded: at most 5,000 replies per call
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(wait),
                                   VisibilityTimeout=10).get("Messages", [])
@@ -208,10 +168,10 @@ def read_replies(sqs: Any, queue_url: str, wanted: set[str], seen: dict[str, dic
             return
         for m in got:
             reply = json.loads(m["Body"])
-            if reply.get("correlation_id") in wanted:
-                seen.setdefault(reply["correlation_id"], reply)
-                seen[reply["correlation_id"]].setdefault("_copies", 0)
-                seen[reply["correlation_id"]]["_copies"] += 1
+            if reply.get(field) in wanted:
+                seen.setdefault(reply[field], reply)
+                seen[reply[field]].setdefault("_copies", 0)
+                seen[reply[field]]["_copies"] += 1
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
         wait = 0
 
@@ -239,8 +199,19 @@ def read_kafka_dlq(bootstrap: str, topic: str, timeout: float = 10) -> dict[str,
     return found
 
 
-DLQ_OF = {"etl": ("sqs", "data-deliveries-dlq"), "inference": ("sqs", "inference-requests-dlq"),
-          "iot": ("kafka", "iot-readings-dlq")}
+class Brokers:
+    """The brokers as a pipeline's sink check reads them (``SinkReader``): Kafka topics from the beginning, SQS
+    queues whose taken messages are kept in ``replies`` (they are gone from the queue once taken)."""
+
+    def __init__(self, bootstrap: str, sqs: Any, queue_url_prefix: str, replies: dict[str, dict]) -> None:
+        self.bootstrap, self.sqs, self.queue_url_prefix, self.replies = bootstrap, sqs, queue_url_prefix, replies
+
+    def topic(self, topic: str) -> list[bytes]:
+        return [m.value() for m in read_topic(self.bootstrap, topic)]
+
+    def take(self, queue: str, field: str, wanted: set[str]) -> Mapping[str, int]:
+        read_replies(self.sqs, f"{self.queue_url_prefix}/{queue}", wanted, self.replies, field=field)
+        return {k: v["_copies"] for k, v in self.replies.items()}
 
 
 def collect(
@@ -249,15 +220,15 @@ def collect(
     events_url: str,
     *,
     bootstrap: str,
-    alerts_topic: str,
     sqs: Any,
-    reply_queue_url: str,
+    queue_url_prefix: str,
     timeout: float = 180,
     on_progress: Any = None,
     until_finished: bool = True,
     seen: dict[str, dict] | None = None,
 ) -> dict[str, Report]:
     """Wait until every expected effect is there and (``until_finished``) every run involved has finished."""
+    known = {p.name: p for p in pipelines.pipelines()}  # imports their tables before ensure_schema
     airflow, events = create_engine(airflow_url), db.configure_sqlite(create_engine(events_url))
     db.ensure_schema(events)  # the pipelines create it on their first run; the summary may look before that
     by_pipeline: dict[str, list[dict[str, Any]]] = {}
@@ -267,22 +238,24 @@ def collect(
     seen = {} if seen is None else seen
     replies: dict[str, dict] = seen.setdefault("replies", {})
     sqs_dlq: dict[str, str] = seen.setdefault("sqs_dlq", {})
-    queue_prefix = reply_queue_url.rsplit("/", 1)[0]
+    brokers = Brokers(bootstrap, sqs, queue_url_prefix, replies)
     deadline = time.monotonic() + timeout
     while True:
-        reports = {p: _report(p, recs, airflow, events, bootstrap, alerts_topic, sqs, reply_queue_url, replies)
-                   for p, recs in by_pipeline.items()}
+        reports = {p: _report(known[p], recs, airflow, events, brokers) for p, recs in by_pipeline.items()}
         for p, rep in reports.items():
-            kind, name = DLQ_OF[p]
-            wanted = [r for r in by_pipeline[p] if "dead_letter_reason_contains" in r["expect"]]
+            spec = known[p]
+            wanted = [r for r in by_pipeline[p] if DEAD_LETTER in r["expect"]]
             if not wanted:
                 continue
-            dlq = read_sqs_dlq(sqs, f"{queue_prefix}/{name}", sqs_dlq) if kind == "sqs" else read_kafka_dlq(bootstrap, name)
+            if spec.broker == "sqs":
+                dlq = read_sqs_dlq(sqs, f"{queue_url_prefix}/{spec.dlq}", sqs_dlq)
+            else:
+                dlq = read_kafka_dlq(bootstrap, spec.dlq)
             rep.outputs["in_dlq"] = sum(1 for r in wanted if r["message_id"] in dlq)
             for r in wanted:
-                if r["expect"]["dead_letter_reason_contains"] not in dlq.get(r["message_id"], ""):
-                    rep.missing.append(f"{r['message_id']} not on {name} with reason containing "
-                                       f"{r['expect']['dead_letter_reason_contains']!r}")
+                if r["expect"][DEAD_LETTER] not in dlq.get(r["message_id"], ""):
+                    rep.missing.append(f"{r['message_id']} not on {spec.dlq} with reason containing "
+                                       f"{r['expect'][DEAD_LETTER]!r}")
         done = all(r.ok if until_finished else not r.missing for r in reports.values())
         if done or time.monotonic() > deadline:
             return reports
@@ -291,62 +264,33 @@ def collect(
         time.sleep(2)
 
 
-def _report(pipeline, recs, airflow, events, bootstrap, alerts_topic, sqs, reply_queue_url, replies) -> Report:
-    rep = Report(pipeline, published=len(recs))
-    runs = message_runs(airflow, DAG_OF[pipeline])
+def _report(spec: PipelineSamples, recs: Sequence[dict[str, Any]], airflow: Engine, events: Engine,
+            brokers: Brokers) -> Report:
+    rep = Report(spec.name, published=len(recs))
+    runs = message_runs(airflow, spec.dag_id)
     for r in recs:
         run = runs.get(r["message_id"])
         if run is None:
             rep.missing.append(f"message {r['message_id']} is in no DAG run")
         elif run[1] is not None:
             rep.latencies.append((run[1] - _ts(r["published_at"])).total_seconds())
-    first_task = first_task_starts(airflow, DAG_OF[pipeline])
+    first_task = first_task_starts(airflow, spec.dag_id)
     for r in recs:
         if (run := runs.get(r["message_id"])) is not None and (task := first_task.get(run[0])) is not None:
             rep.task_latencies.append((task - _ts(r["published_at"])).total_seconds())
-    rep.runs, rep.tasks = run_and_task_states(airflow, DAG_OF[pipeline], {runs[r["message_id"]][0] for r in recs if r["message_id"] in runs})
+    rep.runs, rep.tasks = run_and_task_states(airflow, spec.dag_id, {runs[r["message_id"]][0] for r in recs if r["message_id"] in runs})
 
-    good = [r for r in recs if not ({"dead_letter_reason_contains", "quarantine_reason_contains"} & set(r["expect"]))]
-    letters = _dead_letters(events, DAG_OF[pipeline])
+    letters = _dead_letters(events, spec.dag_id)
     for r in recs:
-        want = r["expect"].get("dead_letter_reason_contains")
+        want = r["expect"].get(DEAD_LETTER)
         if want is not None and want not in letters.get(r["message_id"], ""):
             rep.missing.append(f"dead letter for {r['message_id']} with reason containing {want!r}")
     rep.outputs["dead_lettered"] = sum(1 for r in recs if r["message_id"] in letters)
 
-    if pipeline == "etl":
-        quarantined = _quarantine(events)
-        for r in recs:
-            want = r["expect"].get("quarantine_reason_contains")
-            if want is not None and want not in quarantined.get(r["id"], ""):
-                rep.missing.append(f"quarantine of {r['id']} with reason containing {want!r}")
-        order_ids = [o for r in good for o in r["expect"]["orders"]]
-        found = _present(events, etl_tables.orders.c.order_id, order_ids)
-        rep.rows = len(found)
-        rep.outputs["quarantined"] = sum(1 for r in recs if r["id"] in quarantined)
-        if len(found) < len(order_ids):
-            rep.missing.append(f"{len(order_ids) - len(found)} of {len(order_ids)} orders not loaded")
-    elif pipeline == "iot":
-        ids = [r["message_id"] for r in good]
-        found = _present(events, iot_tables.iot_readings.c.message_id, ids)
-        rep.rows = len(found)
-        if len(found) < len(ids):
-            rep.missing.append(f"{len(ids) - len(found)} of {len(ids)} readings not stored")
-        devices = {json.loads(r["body"])["device_id"] for r in good if "body" in r} or {r["id"].rsplit("#", 1)[0] for r in good}
-        outputs, problems = compare_alerts(good, read_alerts(bootstrap, alerts_topic, devices))
-        rep.outputs.update(outputs)
-        rep.missing += problems
-    elif pipeline == "inference":
-        wanted = {r["expect"]["request_id"] for r in good}
-        found = _present(events, inference_tables.predictions.c.request_id, sorted(wanted))
-        rep.rows = len(found)
-        read_replies(sqs, reply_queue_url, wanted, replies)
-        rep.outputs["replies"] = len(wanted & set(replies))
-        rep.outputs["reply_duplicates"] = sum(replies[c]["_copies"] - 1 for c in wanted & set(replies))
-        if len(found) < len(wanted):
-            rep.missing.append(f"{len(wanted) - len(found)} of {len(wanted)} predictions not stored")
-        if wanted - set(replies):
-            rep.missing.append(f"{len(wanted - set(replies))} of {len(wanted)} replies not received")
+    sinks = spec.check(events, recs, brokers)  # the pipeline's own outputs: rows, alerts, replies, ...
+    rep.rows = sinks.rows
+    rep.outputs.update(sinks.outputs)
+    rep.missing += sinks.missing
     return rep
 
 

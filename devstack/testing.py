@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from devstack import postgres, publish, redis, summary
+from devstack import pipelines, postgres, publish, redis, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = (9092, 9093, 9324, 9325, 8080)
@@ -101,10 +101,9 @@ class Stack:
 
     def collect(self, records: list[dict[str, Any]], timeout: float = 240, until_finished: bool = True) -> summary.Report:
         reports = summary.collect(
-            records, self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], self.events_url,
-            bootstrap=self.bootstrap, alerts_topic="iot-alerts",
-            sqs=self.sqs() if any(summary.DLQ_OF[r["pipeline"]][0] == "sqs" for r in records) else None,
-            reply_queue_url=f"{self.info['SQS_QUEUE_URL_PREFIX']}/inference-replies", timeout=timeout,
+            records, self.info["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], self.events_url, bootstrap=self.bootstrap,
+            sqs=self.sqs() if any(pipelines.get(r["pipeline"]).broker == "sqs" for r in records) else None,
+            queue_url_prefix=self.info["SQS_QUEUE_URL_PREFIX"], timeout=timeout,
             until_finished=until_finished, seen=self.seen,
         )
         print(summary.render(reports))

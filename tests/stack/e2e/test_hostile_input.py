@@ -17,11 +17,11 @@ from typing import Any
 from sqlalchemy import create_engine, select
 
 from devstack import publish
-from devstack.publish import OutMessage
 from devstack.testing import Stack
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
+from include.event_pipelines.samples_api import Sample
 from include.inference_execution import tables as inference_tables
 from include.iot_alerting import tables as iot_tables
 
@@ -87,32 +87,32 @@ def test_hostile_deliveries_are_dead_lettered_or_quarantined_and_touch_nothing_o
 
     L = landing.as_uri()
     hostile = [
-        OutMessage("h-outside", _notice("h-outside", canary.as_uri(), sha="0" * 64), _dead("outside the landing roots")),
-        OutMessage("h-dotdot", _notice("h-dotdot", f"{L}/../outside/canary.csv", sha="0" * 64),
+        Sample("h-outside", _notice("h-outside", canary.as_uri(), sha="0" * 64), _dead("outside the landing roots")),
+        Sample("h-dotdot", _notice("h-dotdot", f"{L}/../outside/canary.csv", sha="0" * 64),
                    _dead("has a '..' or encoded '/' segment")),
-        OutMessage("h-symlink", _notice("h-symlink", f"{L}/link-out.csv", sha="0" * 64), _dead("outside the landing roots")),
-        OutMessage("h-devzero", _notice("h-devzero", "file:///dev/zero"), _dead("outside the landing roots")),
-        OutMessage("h-directory", _notice("h-directory", f"{L}/a-directory"), _dead("not a regular file")),
-        OutMessage("h-huge", _notice("h-huge", f"{L}/huge.csv"), _dead(f"over the {MAX_FILE}-byte limit")),
-        OutMessage("h-gs", _notice("h-gs", "gs://bucket/landing/x.csv"), _dead("gs://bucket/landing/x.csv")),
-        OutMessage("h-ftp", _notice("h-ftp", "ftp://example/x.csv"), _dead("uri: ")),
-        OutMessage("../../escape", _notice("../../escape", f"{L}/climb.csv", climb, rows=2),
+        Sample("h-symlink", _notice("h-symlink", f"{L}/link-out.csv", sha="0" * 64), _dead("outside the landing roots")),
+        Sample("h-devzero", _notice("h-devzero", "file:///dev/zero"), _dead("outside the landing roots")),
+        Sample("h-directory", _notice("h-directory", f"{L}/a-directory"), _dead("not a regular file")),
+        Sample("h-huge", _notice("h-huge", f"{L}/huge.csv"), _dead(f"over the {MAX_FILE}-byte limit")),
+        Sample("h-gs", _notice("h-gs", "gs://bucket/landing/x.csv"), _dead("gs://bucket/landing/x.csv")),
+        Sample("h-ftp", _notice("h-ftp", "ftp://example/x.csv"), _dead("uri: ")),
+        Sample("../../escape", _notice("../../escape", f"{L}/climb.csv", climb, rows=2),
                    {"quarantine_reason_contains": "file has 1 data rows, message says 2"}),
-        OutMessage("h-wrong-sum", _notice("h-wrong-sum", f"{L}/theirs.csv", sha="2" * 64),
+        Sample("h-wrong-sum", _notice("h-wrong-sum", f"{L}/theirs.csv", sha="2" * 64),
                    _dead(f"checksum mismatch: the file's sha256 is {hashlib.sha256(theirs).hexdigest()}")),
-        OutMessage("h-future", _notice("h-future", f"{L}/future.csv", future, delivered_at=_now() + timedelta(days=1)),
+        Sample("h-future", _notice("h-future", f"{L}/future.csv", future, delivered_at=_now() + timedelta(days=1)),
                    _dead("s in the future")),
-        OutMessage("h-extreme-ts", _notice("h-extreme-ts", f"{L}/extreme.csv", extreme),
+        Sample("h-extreme-ts", _notice("h-extreme-ts", f"{L}/extreme.csv", extreme),
                    {"quarantine_reason_contains": "ordered_at: Value error, 9999-12-31T23:59:59-01:00 is outside the range"}),
-        OutMessage("h-bad-utf8", _notice("h-bad-utf8", f"{L}/bad-utf8.csv", bad_utf8), {"quarantine_reason_contains": "UTF-8"}),
-        OutMessage("h-dup", _notice("h-dup", f"{L}/dup-a.csv", first), {}),
-        OutMessage("h-dup", _notice("h-dup", f"{L}/dup-b.csv", second), {}),
-        OutMessage("h-types", json.dumps({"delivery_id": 5, "uri": [], "sha256": None}).encode(), _dead("does not match")),
+        Sample("h-bad-utf8", _notice("h-bad-utf8", f"{L}/bad-utf8.csv", bad_utf8), {"quarantine_reason_contains": "UTF-8"}),
+        Sample("h-dup", _notice("h-dup", f"{L}/dup-a.csv", first), {}),
+        Sample("h-dup", _notice("h-dup", f"{L}/dup-b.csv", second), {}),
+        Sample("h-types", json.dumps({"delivery_id": 5, "uri": [], "sha256": None}).encode(), _dead("does not match")),
     ]
-    good_before = publish.publish_etl(3, rows=2, run_id="hostb", target=stack.target, landing_dir=landing)
+    good_before = publish.publish("etl", 3, rows=2, run_id="hostb", target=stack.target, landing_dir=landing)
     client = stack.sqs()
     sent = publish.send_sqs("etl", client, stack.target.queue_url("data-deliveries"), hostile)
-    good_after = publish.publish_etl(3, rows=2, run_id="hosta", target=stack.target, landing_dir=landing)
+    good_after = publish.publish("etl", 3, rows=2, run_id="hosta", target=stack.target, landing_dir=landing)
     dup = [r for r in sent if r["id"] == "h-dup"]
     report = stack.collect(good_before + good_after + [r for r in sent if r["id"] != "h-dup"], timeout=240)
     assert report.ok, report.missing
@@ -155,24 +155,24 @@ def test_hostile_readings_are_dead_lettered_and_offsets_stored_as_utc(stack: Sta
 
     offset_ts = now.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
     hostile = [
-        OutMessage("r-year1", reading("hr-year1", "0001-01-01T00:00:00+01:00"), _dead("ts")),
-        OutMessage("r-year9999", reading("hr-year9999", "9999-12-31T23:59:59-01:00"), _dead("ts")),
-        OutMessage("r-future", reading("hr-future", (now + timedelta(days=1)).isoformat()), _dead("in the future")),
-        OutMessage("r-ancient", reading("hr-ancient", (now - timedelta(days=30)).isoformat()), _dead("old")),
-        OutMessage("r-nan", b'{"device_id": "hr-nan", "sensor": "temperature", "value": NaN, "unit": "C", "ts": "'
+        Sample("r-year1", reading("hr-year1", "0001-01-01T00:00:00+01:00"), _dead("ts")),
+        Sample("r-year9999", reading("hr-year9999", "9999-12-31T23:59:59-01:00"), _dead("ts")),
+        Sample("r-future", reading("hr-future", (now + timedelta(days=1)).isoformat()), _dead("in the future")),
+        Sample("r-ancient", reading("hr-ancient", (now - timedelta(days=30)).isoformat()), _dead("old")),
+        Sample("r-nan", b'{"device_id": "hr-nan", "sensor": "temperature", "value": NaN, "unit": "C", "ts": "'
                    + now.isoformat().encode() + b'"}', _dead("value")),
-        OutMessage("r-deep", b"[" * 100_000 + b"]" * 100_000, _dead("nested too deeply")),
-        OutMessage("r-surrogate", reading("hr-\udc80", now.isoformat()).replace(b"\\udc80", b"\\ud800"), _dead("Invalid JSON")),
-        OutMessage("r-oversize", json.dumps({"pad": "x" * 300_000}).encode(), _dead("byte limit")),
-        OutMessage("r-bad-utf8", b"\xff\xfe\xfd", _dead("not valid UTF-8")),
-        OutMessage("r-types", json.dumps({"device_id": ["x"], "sensor": 3, "value": "hot"}).encode(), _dead("does not match")),
+        Sample("r-deep", b"[" * 100_000 + b"]" * 100_000, _dead("nested too deeply")),
+        Sample("r-surrogate", reading("hr-\udc80", now.isoformat()).replace(b"\\udc80", b"\\ud800"), _dead("Invalid JSON")),
+        Sample("r-oversize", json.dumps({"pad": "x" * 300_000}).encode(), _dead("byte limit")),
+        Sample("r-bad-utf8", b"\xff\xfe\xfd", _dead("not valid UTF-8")),
+        Sample("r-types", json.dumps({"device_id": ["x"], "sensor": 3, "value": "hot"}).encode(), _dead("does not match")),
     ]
-    good_before = publish.publish_iot(6, devices=2, run_id="hostrb", bootstrap=stack.bootstrap)
+    good_before = publish.publish("iot", 6, devices=2, run_id="hostrb", bootstrap=stack.bootstrap)
     producer = publish.make_producer(stack.bootstrap)
     sent = publish.send_kafka("iot", producer, "iot-readings", hostile)
     offset_reading = publish.send_kafka("iot", producer, "iot-readings", [
-        OutMessage("r-offset", reading("hr-offset", offset_ts), {})])
-    good_after = publish.publish_iot(6, devices=2, run_id="hostra", bootstrap=stack.bootstrap)
+        Sample("r-offset", reading("hr-offset", offset_ts), {})])
+    good_after = publish.publish("iot", 6, devices=2, run_id="hostra", bootstrap=stack.bootstrap)
     report = stack.collect(good_before + good_after + sent, timeout=240)
     assert report.ok, report.missing
     assert report.rows == 12 and report.outputs["dead_lettered"] == report.outputs["in_dlq"] == len(hostile)
@@ -192,29 +192,29 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
         return json.dumps({"request_id": rid, "submitted_at": _now().isoformat(), "features": {**features, **over}}).encode()
 
     hostile = [
-        OutMessage("q-inf", request("hq-inf").replace(b"3000.0", b"1e999"), _dead("rpm")),
-        OutMessage("q-bool", request("hq-bool", rpm=True), _dead("rpm")),
-        OutMessage("q-negative", request("hq-negative", vibration_mm_s=-1.0), _dead("vibration_mm_s")),
-        OutMessage("q-id", request("hq/../../x"), _dead("request_id")),
-        OutMessage("q-extra", json.dumps({"request_id": "hq-extra", "submitted_at": _now().isoformat(),
+        Sample("q-inf", request("hq-inf").replace(b"3000.0", b"1e999"), _dead("rpm")),
+        Sample("q-bool", request("hq-bool", rpm=True), _dead("rpm")),
+        Sample("q-negative", request("hq-negative", vibration_mm_s=-1.0), _dead("vibration_mm_s")),
+        Sample("q-id", request("hq/../../x"), _dead("request_id")),
+        Sample("q-extra", json.dumps({"request_id": "hq-extra", "submitted_at": _now().isoformat(),
                                           "features": features, "shell": "$(rm -rf /)"}).encode(), _dead("shell")),
-        OutMessage("q-naive", json.dumps({"request_id": "hq-naive", "submitted_at": "2026-11-24T08:00:00",
+        Sample("q-naive", json.dumps({"request_id": "hq-naive", "submitted_at": "2026-11-24T08:00:00",
                                           "features": features}).encode(), _dead("submitted_at")),
-        OutMessage("q-deep", b"{" + b'"a":{' * 20_000 + b"}" * 20_001, _dead("nested too deeply")),
+        Sample("q-deep", b"{" + b'"a":{' * 20_000 + b"}" * 20_001, _dead("nested too deeply")),
     ]
     # 140,000 two-byte characters: 280 KB of UTF-8, under the queue's limit (ElasticMQ counts UTF-16 units; AWS now
     # takes 1 MiB) but over MAX_MESSAGE_BYTES: left out of the event, its body kept whole by the trigger.
-    oversize = OutMessage("q-oversize", json.dumps({"request_id": "hq-oversize", "pad": "é" * 140_000},
+    oversize = Sample("q-oversize", json.dumps({"request_id": "hq-oversize", "pad": "é" * 140_000},
                                                    ensure_ascii=False).encode(), _dead("byte limit"))
-    reused = [OutMessage("q-reused-a", request("hq-reused", rpm=1000.0), {}),
-              OutMessage("q-reused-b", request("hq-reused", rpm=2000.0), {})]
-    good_before = publish.publish_inference(5, run_id="hostqb", target=stack.target)
+    reused = [Sample("q-reused-a", request("hq-reused", rpm=1000.0), {}),
+              Sample("q-reused-b", request("hq-reused", rpm=2000.0), {})]
+    good_before = publish.publish("inference", 5, run_id="hostqb", target=stack.target)
     client = stack.sqs()
     url = stack.target.queue_url("inference-requests")
     sent = publish.send_sqs("inference", client, url, hostile)
     sent += publish.send_sqs("inference", client, url, [oversize])  # alone: a batch is bounded in bytes too
     pair = publish.send_sqs("inference", client, url, reused)
-    good_after = publish.publish_inference(5, run_id="hostqa", target=stack.target)
+    good_after = publish.publish("inference", 5, run_id="hostqa", target=stack.target)
     report = stack.collect(good_before + good_after + sent, timeout=240)
     assert report.ok, report.missing
     assert report.rows == 10 and report.outputs["replies"] == 10 and report.outputs["reply_duplicates"] == 0

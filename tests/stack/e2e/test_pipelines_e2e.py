@@ -20,6 +20,7 @@ from devstack import publish
 from devstack.summary import message_runs
 from devstack.testing import Stack
 from include.data_delivery_etl import tables as etl_tables
+from include.iot_alerting.samples import expected_alerts
 
 
 def test_airflow_runs_on_the_requested_metadata_database(stack: Stack, report_line) -> None:
@@ -35,8 +36,8 @@ def test_airflow_runs_on_the_requested_metadata_database(stack: Stack, report_li
 
 def test_etl_loads_exactly_the_delivered_rows_and_quarantines_bad_files(stack: Stack) -> None:
     landing = Path(stack.info["LANDING_DIR"])
-    good = publish.publish_etl(4, rows=3, run_id="e2eetl", target=stack.target, landing_dir=landing)
-    poison = publish.publish_etl(run_id="e2eetlp", poison=True, target=stack.target, landing_dir=landing)
+    good = publish.publish("etl", 4, rows=3, run_id="e2eetl", target=stack.target, landing_dir=landing)
+    poison = publish.publish("etl", run_id="e2eetlp", poison=True, target=stack.target, landing_dir=landing)
     report = stack.collect(good + poison)
     assert report.ok, report.missing
     events = create_engine(stack.events_url)
@@ -76,9 +77,9 @@ def orders_events(airflow, run_ids: set[str]) -> dict[str, dict]:
 
 
 def test_iot_publishes_exactly_the_expected_alert_transitions(stack: Stack) -> None:
-    records = publish.publish_iot(12, devices=2, run_id="e2eiot", bootstrap=stack.bootstrap)
-    poison = publish.publish_iot(run_id="e2eiotp", poison=True, bootstrap=stack.bootstrap)
-    raised, cleared = publish.expected_alerts(records)
+    records = publish.publish("iot", 12, devices=2, run_id="e2eiot", bootstrap=stack.bootstrap)
+    poison = publish.publish("iot", run_id="e2eiotp", poison=True, bootstrap=stack.bootstrap)
+    raised, cleared = expected_alerts(records)
     assert raised > 0 and cleared > 0, "the sample must exercise both transitions"
     report = stack.collect(records + poison)
     assert report.ok, report.missing
@@ -88,8 +89,8 @@ def test_iot_publishes_exactly_the_expected_alert_transitions(stack: Stack) -> N
 
 
 def test_an_inference_burst_is_coalesced_and_every_request_answered_once_and_poison_dead_lettered(stack: Stack) -> None:
-    records = publish.publish_inference(60, run_id="e2einf", rate=0, target=stack.target)
-    poison = publish.publish_inference(run_id="e2einfp", poison=True, target=stack.target)
+    records = publish.publish("inference", 60, run_id="e2einf", rate=0, target=stack.target)
+    poison = publish.publish("inference", run_id="e2einfp", poison=True, target=stack.target)
     report = stack.collect(records + poison)
     assert report.ok, report.missing
     assert report.rows == 60 and report.outputs["replies"] == 60

@@ -26,6 +26,7 @@ from include.data_delivery_etl.pipeline import render_csv
 from include.event_pipelines import db
 from include.inference_execution import tables as inference_tables
 from include.iot_alerting import tables as iot_tables
+from include.iot_alerting.samples import expected_alerts
 
 # Shorter redelivery than the shipped defaults (MAX_FAILED_RUNS=3, KAFKA_REDELIVERY_SECONDS=120,
 # SQS_REDELIVERY_DELAY_SECONDS=30), so that runs failing for good go through their cycle in minutes.
@@ -63,12 +64,12 @@ def _kill_triggerer_three_times(stack: Stack, every: float) -> list[int]:
 @pytest.mark.parametrize("broker", ["sqs", "kafka"])
 def test_triggerer_killed_three_times_while_1000_messages_stream_in(stack: Stack, broker: str, report_line) -> None:
     if broker == "sqs":
-        thread, box = in_background(publish.publish_inference, 1000, run_id=f"kill{broker}", rate=50,
-                                             target=stack.target)
+        thread, box = in_background(publish.publish, "inference", 1000, run_id=f"kill{broker}", rate=50,
+                                    target=stack.target)
         dag_id = "inference_execution"
     else:
-        thread, box = in_background(publish.publish_iot, 1000, devices=20, run_id=f"kill{broker}", rate=50,
-                                             bootstrap=stack.bootstrap)
+        thread, box = in_background(publish.publish, "iot", 1000, devices=20, run_id=f"kill{broker}", rate=50,
+                                    bootstrap=stack.bootstrap)
         dag_id = "iot_alerting"
     _kill_triggerer_three_times(stack, every=5)
     records = result(thread, box)
@@ -84,7 +85,7 @@ def test_triggerer_killed_three_times_while_1000_messages_stream_in(stack: Stack
     if broker == "sqs":
         assert report.outputs["replies"] == 1000
     else:
-        expected = publish.expected_alerts(records)
+        expected = expected_alerts(records)
         assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == expected
         offsets = wait_for(lambda: _settled_to_the_end(stack, "iot-readings"), timeout=60)
         assert offsets, f"committed offsets short of the end of iot-readings: {stack.kafka_offsets('iot-readings')}"
@@ -99,7 +100,7 @@ def _settled_to_the_end(stack: Stack, topic: str) -> dict[int, tuple[int, int]] 
 def test_a_backlog_of_5000_published_while_paused_drains_after_unpause(stack: Stack, report_line) -> None:
     stack.airflow("dags", "pause", "iot_alerting")
     time.sleep(15)  # the watcher goes away with the pause
-    records = publish.publish_iot(5000, devices=50, run_id="backlog", bootstrap=stack.bootstrap)
+    records = publish.publish("iot", 5000, devices=50, run_id="backlog", bootstrap=stack.bootstrap)
     time.sleep(5)
     assert sum(stack.deliveries("iot_alerting", {r["message_id"] for r in records}).values()) == 0, "paused DAG consumed"
     log = Path(stack.info["DEVSTACK_RUN"]) / "airflow-triggerer.log"
@@ -115,8 +116,8 @@ def test_a_backlog_of_5000_published_while_paused_drains_after_unpause(stack: St
 
 
 def test_kafka_broker_stopped_for_20s_mid_stream_loses_nothing(stack: Stack, report_line) -> None:
-    thread, box = in_background(publish.publish_iot, 400, devices=10, run_id="outage", rate=20,
-                                         bootstrap=stack.bootstrap)
+    thread, box = in_background(publish.publish, "iot", 400, devices=10, run_id="outage", rate=20,
+                                bootstrap=stack.bootstrap)
     time.sleep(5)
     stack.cli("stop", "kafka")
     time.sleep(20)
@@ -126,7 +127,7 @@ def test_kafka_broker_stopped_for_20s_mid_stream_loses_nothing(stack: Stack, rep
     assert report.ok, report.missing
     figures = _figures(report_line, "kafka broker down 20s mid-stream", stack, "iot_alerting", records, report)
     assert figures["in_sink"] == 400
-    assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == publish.expected_alerts(records)
+    assert (report.outputs["alerts_raised"], report.outputs["alerts_cleared"]) == expected_alerts(records)
 
 
 @pytest.mark.parametrize("point", ["iot.after_commit", "iot.after_publish", "inference.after_store", "etl.after_load"])
@@ -134,12 +135,12 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
     (Path(stack.info["EVENTS_FAULTS_DIR"]) / point).touch()
     run_id = "retry" + point.replace(".", "").replace("_", "")
     if point.startswith("iot"):
-        records, dag_id = publish.publish_iot(20, devices=2, run_id=run_id, bootstrap=stack.bootstrap), "iot_alerting"
+        records, dag_id = publish.publish("iot", 20, devices=2, run_id=run_id, bootstrap=stack.bootstrap), "iot_alerting"
     elif point.startswith("inference"):
-        records, dag_id = publish.publish_inference(20, run_id=run_id, target=stack.target), "inference_execution"
+        records, dag_id = publish.publish("inference", 20, run_id=run_id, target=stack.target), "inference_execution"
     else:
-        records = publish.publish_etl(3, rows=4, run_id=run_id, target=stack.target,
-                                      landing_dir=Path(stack.info["LANDING_DIR"]))
+        records = publish.publish("etl", 3, rows=4, run_id=run_id, target=stack.target,
+                                  landing_dir=Path(stack.info["LANDING_DIR"]))
         dag_id = "data_delivery_etl"
     report = stack.collect(records, timeout=180)
     assert report.ok, report.missing
@@ -151,7 +152,7 @@ def test_a_task_that_dies_halfway_then_succeeds_on_retry(stack: Stack, point: st
         if point.startswith("iot"):
             alerts = conn.execute(select(func.count()).select_from(iot_tables.iot_alerts).where(
                 iot_tables.iot_alerts.c.device_id.like(f"dev-{run_id}-%"))).scalar_one()
-            assert alerts == sum(publish.expected_alerts(records))
+            assert alerts == sum(expected_alerts(records))
             # after_commit: the attempt stored state and alerts (the outbox) and died before publishing; the retry
             # published them: no duplicate. after_publish: it had published (and flushed) them too; the retry
             # published them again with the same dedup keys: exactly those are the duplicates, which consumers drop.
@@ -173,7 +174,7 @@ def test_a_task_orphaned_by_a_killed_scheduler_is_retried_within_the_heartbeat_t
     time) is blocked for about a minute, not five. The orphaned process wakes up later and is refused."""
     marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.before_commit"
     marker.write_text("hang:120")
-    records = publish.publish_iot(20, devices=2, run_id="orphan", bootstrap=stack.bootstrap)
+    records = publish.publish("iot", 20, devices=2, run_id="orphan", bootstrap=stack.bootstrap)
     assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"
     stack.cli("crash", "scheduler")
     killed_at = time.time()
@@ -193,7 +194,7 @@ def test_a_task_orphaned_by_a_killed_scheduler_is_retried_within_the_heartbeat_t
     with events.connect() as conn:
         alerts = conn.execute(select(func.count()).select_from(iot_tables.iot_alerts).where(
             iot_tables.iot_alerts.c.device_id.like("dev-orphan-%"))).scalar_one()
-    assert alerts == sum(publish.expected_alerts(records)) and report.rows == 20
+    assert alerts == sum(expected_alerts(records)) and report.rows == 20
     assert tries >= 2, "the orphaned attempt was not retried"
     report_line(f"faults {'scheduler killed mid-task (Local)':<34} orphaned task retried and done {recovered_s:.0f}s after"
                 f" the kill (orphan check every 30 s, health threshold 30 s); readings={report.rows} alerts={alerts}")
@@ -201,7 +202,7 @@ def test_a_task_orphaned_by_a_killed_scheduler_is_retried_within_the_heartbeat_t
 
 
 def test_a_cleared_and_rerun_run_writes_nothing_twice(stack: Stack, report_line) -> None:
-    records = publish.publish_inference(10, run_id="clear", target=stack.target)
+    records = publish.publish("inference", 10, run_id="clear", target=stack.target)
     report = stack.collect(records, timeout=120)
     assert report.ok
     events = create_engine(stack.events_url)
@@ -257,9 +258,9 @@ def _send_sqs(stack: Stack, queue: str, body: str, rid: str, expect: dict[str, s
 
 def test_a_duplicate_id_with_different_content_is_dead_lettered(stack: Stack, report_line) -> None:
     """The same id with the same content is a redelivery (absorbed); with other content it is a producer bug."""
-    first_req = publish.publish_inference(1, run_id="dupid", target=stack.target)
-    first_etl = publish.publish_etl(1, rows=2, run_id="dupid", target=stack.target,
-                                    landing_dir=Path(stack.info["LANDING_DIR"]))
+    first_req = publish.publish("inference", 1, run_id="dupid", target=stack.target)
+    first_etl = publish.publish("etl", 1, rows=2, run_id="dupid", target=stack.target,
+                                landing_dir=Path(stack.info["LANDING_DIR"]))
     assert stack.collect(first_req).ok and stack.collect(first_etl).ok
 
     rid = first_req[0]["expect"]["request_id"]
@@ -353,11 +354,11 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
     the task's error. None is missing, and the Kafka group never commits past an unsettled reading."""
     points = ["iot.before_commit", "inference.after_store"]
     # 1. One failed run, then the fault clears: the same messages are processed after redelivery.
-    iot1 = publish.publish_iot(10, devices=2, run_id="ffg1", bootstrap=stack.bootstrap)
-    inf1 = publish.publish_inference(10, run_id="ffg1", target=stack.target)
+    iot1 = publish.publish("iot", 10, devices=2, run_id="ffg1", bootstrap=stack.bootstrap)
+    inf1 = publish.publish("inference", 10, run_id="ffg1", target=stack.target)
     took1 = _with_every_attempt_failing(stack, points, {"iot_alerting": iot1, "inference_execution": inf1}, 1)
-    iot2 = publish.publish_iot(10, devices=2, run_id="ffg2", bootstrap=stack.bootstrap)
-    inf2 = publish.publish_inference(10, run_id="ffg2", target=stack.target)
+    iot2 = publish.publish("iot", 10, devices=2, run_id="ffg2", bootstrap=stack.bootstrap)
+    inf2 = publish.publish("inference", 10, run_id="ffg2", target=stack.target)
     started = time.time()
     report = stack.collect(iot1 + iot2, timeout=300, until_finished=False)
     assert not report.missing, report.missing
@@ -370,11 +371,11 @@ def test_runs_that_fail_for_good_are_redelivered_then_dead_lettered_with_the_rea
                 f"failing phase {took1:.0f}s, processed {redelivered_after:.0f}s after the fault cleared")
 
     # 2. The fault outlasts MAX_FAILED_RUNS failed runs: the next delivery dead-letters them with the reason.
-    iot3 = publish.publish_iot(10, devices=2, run_id="ffg3", bootstrap=stack.bootstrap)
-    inf3 = publish.publish_inference(10, run_id="ffg3", target=stack.target)
+    iot3 = publish.publish("iot", 10, devices=2, run_id="ffg3", bootstrap=stack.bootstrap)
+    inf3 = publish.publish("inference", 10, run_id="ffg3", target=stack.target)
     took3 = _with_every_attempt_failing(stack, points, {"iot_alerting": iot3, "inference_execution": inf3}, 2)
-    iot4 = publish.publish_iot(10, devices=2, run_id="ffg4", bootstrap=stack.bootstrap)
-    inf4 = publish.publish_inference(10, run_id="ffg4", target=stack.target)
+    iot4 = publish.publish("iot", 10, devices=2, run_id="ffg4", bootstrap=stack.bootstrap)
+    inf4 = publish.publish("inference", 10, run_id="ffg4", target=stack.target)
     for recs, point in ((iot3, "iot.before_commit"), (inf3, "inference.after_store")):
         for r in recs:
             r["expect"] = {"dead_letter_reason_contains": f"InjectedFault: injected fault at {point}"}

@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from devstack import publish, summary
-from devstack.publish import OutMessage
 from devstack.testing import Stack, wait_for
 from include.event_pipelines import db
+from include.event_pipelines.samples_api import Sample
 from include.inference_execution.schemas import InferenceRequest, MachineFeatures
 
 SLOW_S = 52  # longer than the budget (20 s) and the failing sibling's four tries (3 x 10 s retry delay), under the
@@ -70,12 +70,12 @@ def endpoint() -> Iterator[type[_Model]]:
         server.shutdown()
 
 
-def _request(run_id: str, name: str, rpm: float) -> OutMessage:
+def _request(run_id: str, name: str, rpm: float) -> Sample:
     rid = f"req-{run_id}-{name}"
     features = MachineFeatures(temperature_c=90.0, vibration_mm_s=15.0, pressure_kpa=90.0, rpm=rpm)
     body = InferenceRequest(request_id=rid, submitted_at=publish.utcnow(), features=features)
     expect = ({"dead_letter_reason_contains": "failed for good in 1 run"} if rpm == 2222 else {"request_id": rid})
-    return OutMessage(rid, body.model_dump_json().encode(), expect)
+    return Sample(rid, body.model_dump_json().encode(), expect)
 
 
 def test_a_slow_task_keeps_its_messages_and_a_failing_sibling_gives_back_only_its_own(

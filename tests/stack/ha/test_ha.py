@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from devstack import publish
 from devstack.testing import Stack, in_background, result, wait_for
+from include.iot_alerting.samples import expected_alerts
 
 STACK_ENV = {"DEVSTACK_PROFILE": "ha"}
 TAKEOVER_BOUND_S = 60
@@ -48,8 +49,8 @@ def _watchers(stack: Stack) -> int:
 
 def _stream(stack: Stack, run_id: str, count: int, rate: float) -> list[dict[str, Any]]:
     """``count`` inference requests (SQS) and ``count`` readings (Kafka), each at ``rate`` per second, at once."""
-    requests = in_background(publish.publish_inference, count, run_id=run_id, rate=rate, target=stack.target)
-    readings = in_background(publish.publish_iot, count, devices=8, run_id=run_id, rate=rate, bootstrap=stack.bootstrap)
+    requests = in_background(publish.publish, "inference", count, run_id=run_id, rate=rate, target=stack.target)
+    readings = in_background(publish.publish, "iot", count, devices=8, run_id=run_id, rate=rate, bootstrap=stack.bootstrap)
     return result(*requests) + result(*readings)
 
 
@@ -62,7 +63,7 @@ def _assert_exactly_once(stack: Stack, records: list[dict[str, Any]], timeout: f
     assert iot.ok, iot.missing[:5]
     assert inference.rows == len(requests) and inference.outputs["reply_duplicates"] == 0
     assert iot.rows == len(readings)
-    assert (iot.outputs["alerts_raised"], iot.outputs["alerts_cleared"]) == publish.expected_alerts(readings)
+    assert (iot.outputs["alerts_raised"], iot.outputs["alerts_cleared"]) == expected_alerts(readings)
     assert wait_for(lambda: stack.queue_depth("inference-requests") == 0, timeout=60), "requests left on the queue"
     offsets = wait_for(lambda: (o := stack.kafka_offsets("iot-readings")) and all(
         c == end or (end == 0 and c < 0) for c, end in o.values()) and o, timeout=120)  # an empty partition: no commit
@@ -139,7 +140,7 @@ def test_killing_one_scheduler_leaves_the_other_creating_and_starting_runs(stack
 def test_killing_a_worker_mid_task_retries_the_task_on_the_other(stack: Stack, report_line) -> None:
     marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.before_commit"
     marker.write_text("hang:600")
-    records = publish.publish_iot(20, devices=2, run_id="haworker", bootstrap=stack.bootstrap)
+    records = publish.publish("iot", 20, devices=2, run_id="haworker", bootstrap=stack.bootstrap)
     assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"
     sql = text("SELECT hostname, run_id FROM task_instance WHERE dag_id = 'iot_alerting' AND state = 'running'")
     with _airflow(stack).connect() as conn:

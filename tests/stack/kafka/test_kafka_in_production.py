@@ -25,6 +25,7 @@ from devstack import publish
 from devstack.stack import PROJECT
 from devstack.testing import Stack, wait_for
 from include.event_pipelines import db
+from include.iot_alerting import samples as iot_samples
 from include.iot_alerting import tables as iot_tables
 
 AUDIT_GROUP = "airflow.iot_readings_audit"
@@ -54,7 +55,7 @@ def _at_end(stack: Stack, group: str | None = None) -> bool:
 
 
 def test_a_second_dag_on_the_topic_reads_every_record_in_its_own_group(stack: Stack, report_line) -> None:
-    first = publish.publish_iot(100, devices=10, run_id="shared1", bootstrap=stack.bootstrap)
+    first = publish.publish("iot", 100, devices=10, run_id="shared1", bootstrap=stack.bootstrap)
     report = stack.collect(first, timeout=240)
     assert report.ok, report.missing  # iot_alerting: every reading once, the alerts of the in-order evaluation
     ids = {r["message_id"] for r in first}
@@ -66,7 +67,7 @@ def test_a_second_dag_on_the_topic_reads_every_record_in_its_own_group(stack: St
     # them, and reads them all once unpaused.
     stack.airflow("dags", "pause", "iot_readings_audit")
     time.sleep(15)  # the watcher goes away with the pause
-    second = publish.publish_iot(100, devices=10, run_id="shared2", bootstrap=stack.bootstrap)
+    second = publish.publish("iot", 100, devices=10, run_id="shared2", bootstrap=stack.bootstrap)
     assert stack.collect(second, timeout=240).ok
     assert wait_for(lambda: _at_end(stack), timeout=120), stack.kafka_offsets("iot-readings")
     behind = stack.kafka_offsets("iot-readings", AUDIT_GROUP)
@@ -97,7 +98,7 @@ def test_a_devices_readings_stay_in_order_when_a_run_between_them_fails_for_good
     ones "not newer" and change the alerts): they are held behind the unsettled readings and applied after them.
     The alerts on the topic are then those of the in-order evaluation, and the state is that of the last reading."""
     for seed in range(100):  # both halves change the device's state: the order is visible in the alerts
-        messages = list(publish.iot_messages("order", 8, 1, seed=seed))
+        messages = list(iot_samples.messages("order", 8, devices=1, seed=seed))
         if all(any(m.expect.get("transition") for m in half) for half in (messages[:4], messages[4:])):
             break
     marker = Path(stack.info["EVENTS_FAULTS_DIR"]) / "iot.before_commit"

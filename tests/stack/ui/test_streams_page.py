@@ -28,7 +28,10 @@ from sqlalchemy import create_engine, text
 
 from devstack import publish
 from devstack.testing import ROOT, Stack
+from include.data_delivery_etl.pipeline import render_csv
+from include.data_delivery_etl.samples import order_row
 from include.data_delivery_etl.schemas import DeliveryNotice
+from include.event_pipelines.samples_api import PRODUCER
 
 STACK_ENV = {"DEVSTACK_AUTH": "passwords"}  # sign-in required: users admin and viewer
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -69,12 +72,12 @@ def _cut_delivery(stack: Stack, delivery_id: str) -> tuple[Path, bytes]:
     returns the file and its whole content, for the producer's fix."""
     landing = Path(stack.info["LANDING_DIR"])
     rng = random.Random(delivery_id)
-    orders = [publish._order_row(rng, f"o-{delivery_id}-{j}", datetime.now(timezone.utc)) for j in range(4)]
-    data = publish.render_csv(orders)
+    orders = [order_row(rng, f"o-{delivery_id}-{j}", datetime.now(timezone.utc)) for j in range(4)]
+    data = render_csv(orders)
     path = landing / f"{delivery_id}.csv"
     path.write_bytes(data[: len(data) // 2])
     notice = DeliveryNotice(delivery_id=delivery_id, uri=path.as_uri(), sha256=hashlib.sha256(data).hexdigest(),
-                            row_count=len(orders), producer=publish.PRODUCER, delivered_at=datetime.now(timezone.utc))
+                            row_count=len(orders), producer=PRODUCER, delivered_at=datetime.now(timezone.utc))
     stack.sqs().send_message(QueueUrl=f"{stack.info['SQS_QUEUE_URL_PREFIX']}/data-deliveries",
                              MessageBody=notice.model_dump_json())
     return path, data
@@ -110,13 +113,13 @@ def test_the_streams_page_shows_replays_and_reports_drift(stack: Stack, tmp_path
 
     # --- traffic: good messages of every pipeline, poison, and a delivery cut short ---
     landing = Path(stack.info["LANDING_DIR"])
-    records = (publish.publish_iot(6, devices=2, run_id="uiiot", bootstrap=stack.bootstrap)
-               + publish.publish_iot(run_id="uiiotp", poison=True, bootstrap=stack.bootstrap))
+    records = (publish.publish("iot", 6, devices=2, run_id="uiiot", bootstrap=stack.bootstrap)
+               + publish.publish("iot", run_id="uiiotp", poison=True, bootstrap=stack.bootstrap))
     for pipeline in ("iot",):
         assert stack.collect([r for r in records if r["pipeline"] == pipeline]).ok
-    sqs_records = (publish.publish_inference(5, run_id="uiinf", target=stack.target)
-                   + publish.publish_inference(run_id="uiinfp", poison=True, target=stack.target)
-                   + publish.publish_etl(2, rows=3, run_id="uietl", target=stack.target, landing_dir=landing))
+    sqs_records = (publish.publish("inference", 5, run_id="uiinf", target=stack.target)
+                   + publish.publish("inference", run_id="uiinfp", poison=True, target=stack.target)
+                   + publish.publish("etl", 2, rows=3, run_id="uietl", target=stack.target, landing_dir=landing))
     for pipeline in ("inference", "etl"):
         assert stack.collect([r for r in sqs_records if r["pipeline"] == pipeline]).ok
     cut_file, whole = _cut_delivery(stack, "d-uicut")
