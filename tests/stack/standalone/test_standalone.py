@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import brokers, publish, standalone, summary
+from devstack import brokers, pipelines, publish, standalone, summary
 
 ROOT = Path(__file__).resolve().parents[3]
 DAG_IDS = ["data_delivery_etl", "inference_execution", "iot_alerting"]
@@ -87,23 +87,20 @@ def test_astro_dev_start_standalone_parses_the_dags_applies_the_connections_and_
         prefix = env["SQS_QUEUE_URL_PREFIX"]
         target = publish.SqsTarget(native_brokers["sqs"], prefix, "us-east-1")
         run_id = publish.new_run_id()
-        records = [
-            *publish.publish_etl(1, run_id=run_id, rate=0, rows=3, landing_dir=project / "include" / "data" / "landing",
-                                 target=target),
-            *publish.publish_iot(1, devices=1, run_id=run_id, rate=0, bootstrap=native_brokers["kafka"]),
-            *publish.publish_inference(1, run_id=run_id, rate=0, target=target),
-        ]
+        landing = {"landing_dir": project / "include" / "data" / "landing"}  # ETL's files, in the project's landing root
+        records = [r for spec in pipelines.pipelines()
+                   for r in publish.publish(spec.name, 1, run_id=run_id, target=target, bootstrap=native_brokers["kafka"],
+                                            **{k: v for k, v in landing.items() if k in {o.name for o in spec.options}})]
         reports = summary.collect(
             records, f"sqlite:///{project / standalone.STANDALONE_DIR / 'airflow.db'}",
             f"sqlite:///{project / 'include' / 'data' / 'events.db'}", bootstrap=native_brokers["kafka"],
-            alerts_topic="iot-alerts", sqs=publish.make_sqs_client(native_brokers["sqs"], "us-east-1"),
-            reply_queue_url=f"{prefix}/inference-replies", timeout=240)
+            sqs=publish.make_sqs_client(native_brokers["sqs"], "us-east-1"), queue_url_prefix=prefix, timeout=240)
     finally:
         standalone.stop(proc)
     print(summary.render(reports))
     bad = {p: (r.missing, dict(r.runs)) for p, r in reports.items() if not r.ok}
     assert not bad, f"{bad}\n--- standalone.log (tail) ---\n{(tmp_path / 'standalone.log').read_text()[-6000:]}"
-    assert {p: r.rows for p, r in reports.items()} == {"etl": 3, "iot": 1, "inference": 1}
+    assert {p: r.rows for p, r in reports.items()} == {"etl": 5, "iot": 1, "inference": 1}  # ETL: 5 orders a file
     report_line(f"standalone: venv {installed_s:.0f} s, ready (DAGs parsed and unpaused, on the streams page) {ready_s:.0f} s after the start; "
                 + "; ".join(f"{p}: {r.runs.total()} run(s) {dict(r.runs)}, {r.rows} rows, outputs {r.outputs}"
                             for p, r in reports.items()))
