@@ -149,13 +149,9 @@ def _kafka_consumer(conn_id: str, group: str | None) -> tuple[Any, str]:
 def _settled(events: Engine, group: str, keys: Sequence[tuple[str, int]]
              ) -> dict[tuple[str, int], tuple[int, list[tuple[int, int]], int | None]]:
     """Per partition: the offset the runs committed last, the settled ranges stored above it, and the watermark."""
-    from event_streams.kafka_offsets import _stored_split, watermark
+    from event_streams.kafka_offsets import settled_state
 
-    try:
-        split = _stored_split(events, group, keys)
-    except Exception:  # no kafka_settled table yet (no run has committed)
-        return {}
-    return {k: (last, ranges, watermark(last, ranges) if last >= 0 else None) for k, (last, ranges) in split.items()}
+    return settled_state(events, group, keys)
 
 
 # --- Airflow side ----------------------------------------------------------------------------------------------

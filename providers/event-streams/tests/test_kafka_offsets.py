@@ -24,6 +24,7 @@ from event_streams.kafka_offsets import (
     safe_consumer_config,
     settled_in_database,
     settled_intervals,
+    settled_state,
     settled_through,
     watermark,
 )
@@ -179,6 +180,15 @@ def test_the_database_alone_knows_what_the_runs_committed_and_settled(engine: En
     assert settled_in_database(engine, "g", [(T, 0), (T, 1)]) == {(T, 0): 5}
     commit_settled(engine, group, "g", kafka([5]))
     assert settled_in_database(engine, "g", [(T, 0)]) == {(T, 0): 9} and settled_in_database(engine, "h", [(T, 0)]) == {}
+
+
+def test_the_status_page_reads_the_last_commit_the_ranges_above_it_and_their_watermark(engine: Engine) -> None:
+    group = FakeGroup({(T, 0): 0, (T, 1): 0})
+    assert settled_state(engine, "g", [(T, 0)]) == {}  # no table yet: nothing to show, no error
+    commit_settled(engine, group, "g", kafka(range(0, 4)))
+    commit_settled(engine, group, "g", kafka(range(6, 9)))  # above a gap: stored, not committed
+    assert settled_state(engine, "g", [(T, 0), (T, 1)]) == {(T, 0): (4, [(6, 9)], 4), (T, 1): (-1, [], None)}
+    assert settled_state(engine, "h", [(T, 0)]) == {(T, 0): (-1, [], None)}
 
 
 # --- consumer settings ---------------------------------------------------------------------------------------------

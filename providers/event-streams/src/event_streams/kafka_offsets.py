@@ -332,6 +332,20 @@ def last_commits(engine: Engine, group_id: str, partitions: Iterable[Partition])
     return {key: last for key, (last, _) in _stored_split(engine, group_id, keys).items() if last >= 0}
 
 
+def settled_state(engine: Engine, group_id: str, partitions: Iterable[Partition]
+                  ) -> dict[Partition, tuple[int, list[Interval], int | None]]:
+    """What ``kafka_settled`` holds per partition of ``group_id``, for a status page: the offset committed last (-1
+    if none), the settled ranges stored above it, and the watermark they reach (``None`` before a first commit).
+    Nothing is written; with no table yet (no run has committed) it is empty."""
+    from sqlalchemy import inspect
+
+    keys = sorted(set(partitions))
+    if not keys or not inspect(engine).has_table(kafka_settled.name):
+        return {}
+    return {key: (last, ranges, watermark(last, ranges) if last >= 0 else None)
+            for key, (last, ranges) in _stored_split(engine, group_id, keys).items()}
+
+
 def commit_settled(
     engine: Engine, consumer: Any, group_id: str, envelopes: Iterable[Envelope], *, from_beginning: bool = True
 ) -> dict[Partition, int]:
