@@ -33,11 +33,21 @@ class FakeSqs:
 def made(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str | None]]:
     made: list[tuple[str | None, str | None]] = []
 
-    class Hook:
+    class Hook:  # SqsHook's parts the client is made from: its session, endpoint, botocore config, verify
+        config, verify = object(), None
+
         def __init__(self, aws_conn_id: str | None, region_name: str | None) -> None:
             self.key = (aws_conn_id, region_name)
+            self.conn_config = self
 
-        def get_conn(self) -> FakeSqs:
+        def get_service_endpoint_url(self, service_name: str) -> str:
+            return f"http://{service_name}.local"
+
+        def get_session(self, region_name: str | None = None) -> Hook:
+            return self
+
+        def client(self, service: str, endpoint_url: str, config: object, verify: object) -> FakeSqs:
+            assert (service, endpoint_url, config, verify) == ("sqs", "http://sqs.local", Hook.config, None)
             made.append(self.key)
             return FakeSqs()
 
