@@ -278,7 +278,7 @@ def fault_row(stack: Stack, db: str, settings: str, scenario: str, records: list
 
 
 def workloads(stack: Stack, broker: str, scale: float, replies: ReplyListener | None,
-              rates: dict[str, float]) -> dict[str, Callable[[], list[dict[str, Any]]]]:
+              rates: dict[str, float], settings: str = "project") -> dict[str, Callable[[], list[dict[str, Any]]]]:
     producer = publish.make_producer(stack.bootstrap) if broker == "kafka" else None
     sqs = stack.sqs() if broker == "sqs" else None
 
@@ -292,7 +292,8 @@ def workloads(stack: Stack, broker: str, scale: float, replies: ReplyListener | 
         for i in range(max(3, int(10 * scale))):
             time.sleep(1 + random.random())  # at rest, at a random phase of the components' loops
             one = pub(1, 0, f"lat{broker}{i}x{int(time.time())}")
-            wait_finished(stack, DAG_OF[broker], {one[0]["message_id"]}, LATENCY_RUN_WAIT_S)
+            # under the id the pipeline knows it by (the shared stream names a record by its value's SHA-256)
+            wait_finished(stack, DAG_OF[broker], {named(one, settings, broker)[0]["message_id"]}, LATENCY_RUN_WAIT_S)
             if replies is not None:
                 replies.wait({one[0]["expect"]["request_id"]}, 10)
             records += one
@@ -486,7 +487,7 @@ def run(dbs: list[str], settings_list: list[str], brokers: list[str], scenarios:
                                       "baseline is the guide's", flush=True)
                                 continue
                             listener = replies if broker == "sqs" else None
-                            for scenario, make in workloads(stack, broker, scale, listener, rates or {}).items():
+                            for scenario, make in workloads(stack, broker, scale, listener, rates or {}, settings).items():
                                 if scenario in scenarios:
                                     with Meter(stack) as meter:
                                         records = make()
