@@ -40,7 +40,7 @@ from include.event_pipelines.samples_api import (
     utcnow,
 )
 
-DEFAULT_LANDING_DIR = ".devstack/data/landing"  # the local runner's; it sets LANDING_DIR for its stack
+DEFAULT_LANDING_DIR = settings.DATA_DIR / "landing"  # where the pipeline reads by default (ETL_LANDING_ROOTS)
 
 
 def landing_dir_or_default(landing_dir: Path | str | None) -> Path:
