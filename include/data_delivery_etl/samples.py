@@ -44,7 +44,7 @@ DEFAULT_LANDING_DIR = settings.DATA_DIR / "landing"  # where the pipeline reads 
 
 
 def landing_dir_or_default(landing_dir: Path | str | None) -> Path:
-    return Path(landing_dir or os.environ.get("LANDING_DIR", DEFAULT_LANDING_DIR))
+    return Path(landing_dir or os.environ.get("LANDING_DIR") or DEFAULT_LANDING_DIR)
 
 
 def landing_uri_prefix_for(landing_dir: Path) -> str:
