@@ -25,36 +25,9 @@ from include.event_pipelines.samples_api import Sample
 from include.iot_alerting.pipeline import process_readings
 from include.iot_alerting.samples import SAMPLES, check, compare_alerts, describe, expected_alerts, messages, poison
 from include.iot_alerting.schemas import AlertEvent, SensorReading
+from tests.fakes import FakeKafkaMessage
 
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc)
-
-
-class FakeKafkaMessage:
-    """What ``confluent_kafka`` hands the watcher's apply function."""
-
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None) -> None:
-        self._t, self._p, self._o, self._v, self._k = topic, partition, offset, value, key
-
-    def value(self) -> bytes | None:
-        return self._v
-
-    def key(self) -> bytes | None:
-        return self._k
-
-    def topic(self) -> str:
-        return self._t
-
-    def partition(self) -> int:
-        return self._p
-
-    def offset(self) -> int:
-        return self._o
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
-
-    def headers(self) -> None:
-        return None
 
 
 def kafka_envelope(offset: int, msg: Sample, topic: str = "iot-readings") -> Envelope:
