@@ -127,7 +127,9 @@ def kafka_figures(watcher: Watcher, events: Engine | None, consumer: Any = None)
                 for tp in partitions}
     except Exception as exc:  # reported, never raised: the page must render with the broker down
         return {"group": group, **unreachable(exc)}
-    settled = _settled(events, str(group), list(ends)) if events is not None else {}
+    from event_streams.kafka_offsets import settled_state
+
+    settled = settled_state(events, str(group), list(ends)) if events is not None else {}
     rows = []
     for key in sorted(ends):
         last, ranges, mark = settled.get(key, (-1, [], None))
@@ -144,14 +146,6 @@ def _kafka_consumer(conn_id: str, group: str | None) -> tuple[Any, str]:
 
     hook = SafeKafkaConsumerHook(topics=[], kafka_config_id=conn_id, group_id=group)
     return hook.get_conn, str(hook.effective_config["group.id"])
-
-
-def _settled(events: Engine, group: str, keys: Sequence[tuple[str, int]]
-             ) -> dict[tuple[str, int], tuple[int, list[tuple[int, int]], int | None]]:
-    """Per partition: the offset the runs committed last, the settled ranges stored above it, and the watermark."""
-    from event_streams.kafka_offsets import settled_state
-
-    return settled_state(events, group, keys)
 
 
 # --- Airflow side ----------------------------------------------------------------------------------------------
