@@ -26,6 +26,11 @@ ENV AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2
 # 300 s, blocked iot_alerting (max_active_runs=1) for five minutes after a scheduler crash. A task's supervisor
 # heartbeats every few seconds, so 60 s is a dozen missed heartbeats.
 ENV AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=60
+# A task's supervisor sees its process exit only between waits of up to [workers] min_heartbeat_interval (default 5 s).
+# When the task's sockets close a moment before its process can be reaped, the supervisor waits out the whole interval
+# with nothing left to watch, and the task holds its executor slot: under load a quarter of the tasks here held theirs
+# 5 s past their end (docs/performance.md). 1 s bounds that; the cost is one heartbeat per running task per second.
+ENV AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL=1
 # ...but a restarted scheduler takes over the tasks of the dead one (and so their heartbeat check) only when it looks
 # for orphans: at start, too soon (the dead one's heartbeat is younger than [scheduler] scheduler_health_check_threshold,
 # 30 s), then every orphaned_tasks_check_interval (default 300 s). 30 s bounds it: the orphaned task is reset and retried.

@@ -11,11 +11,11 @@ committed after all that, in the watcher's own consumer group (`airflow.iot_aler
 run settled; the readings of a run that fails for good are read again, and dead-lettered with the error after
 `MAX_FAILED_RUNS` failed runs (docs/delivery-guarantees.md "Runs that fail for good").
 
-`max_active_runs=2`: a run starts while the one before it works, and applies a partition's readings only once
-that run has settled the earlier ones (`KAFKA_ORDER_WAIT_SECONDS`), so device state is applied in order; when a
-run fails for good, the later readings of its partitions wait for its re-read (docs/delivery-guarantees.md
-"Kafka topics as production writes them"). Alerts leave through an outbox, only once the state change that caused
-them is stored.
+`max_active_runs=4`: runs start while the ones before them work, and each applies a partition's readings only
+once the runs before it have settled the earlier ones (`KAFKA_ORDER_WAIT_SECONDS`), so device state is applied in
+order; when a run fails for good, the later readings of its partitions wait for its re-read
+(docs/delivery-guarantees.md "Kafka topics as production writes them"). Alerts leave through an outbox, only once
+the state change that caused them is stored.
 
 Example reading (schema: `include/iot_alerting/schemas.py:SensorReading`; rules: `iot_alerting/rules.py`):
 
@@ -56,7 +56,7 @@ source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)
     schedule=[readings],
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=2,
+    max_active_runs=4,
     doc_md=__doc__,
     default_args={"owner": "iot-ops", "retries": 3, "retry_delay": duration(seconds=10),
                   "on_failure_callback": airflow_io.on_failure(readings, source)},

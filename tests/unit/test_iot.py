@@ -128,7 +128,7 @@ def test_an_alert_is_published_only_once_its_state_change_is_stored(engine: Engi
 
 
 def test_two_overlapping_runs_publish_each_stored_alert_once(engine: Engine) -> None:
-    """Runs overlap (max_active_runs=2) and each drains the outbox: the drains take turns (the database's write lock
+    """Runs overlap (max_active_runs > 1) and each drains the outbox: the drains take turns (the database's write lock
     on SQLite), so an alert stored once is published once, however the two runs interleave. Before the lock, both
     read the same rows while the first was publishing, and both published them."""
     import threading

@@ -142,7 +142,7 @@ def test_killing_a_worker_mid_task_retries_the_task_on_the_other(stack: Stack, r
     marker.write_text("hang:600")
     records = publish.publish("iot", 20, devices=2, run_id="haworker", bootstrap=stack.bootstrap)
     assert wait_for(lambda: not marker.exists(), timeout=120), "no task reached the fault point"
-    # Runs overlap (max_active_runs=2): a later run's task may be running too, waiting for this one's readings
+    # Runs overlap (max_active_runs > 1): a later run's task may be running too, waiting for this one's readings
     # (per-partition order). The task at the fault point is the one that started first.
     sql = text("SELECT hostname, run_id FROM task_instance WHERE dag_id = 'iot_alerting' AND state = 'running'"
                " ORDER BY start_date LIMIT 1")

@@ -110,7 +110,7 @@ def test_a_devices_readings_stay_in_order_when_a_run_between_them_fails_for_good
     retrying = text("SELECT COUNT(*) FROM task_instance WHERE dag_id = 'iot_alerting' AND state = 'up_for_retry'")
     with airflow.connect() as conn:
         assert wait_for(lambda: conn.execute(retrying).scalar_one(), timeout=120), "the first run never failed"
-    # while the first run retries, the later readings arrive: their run starts beside it (max_active_runs=2) and
+    # while the first run retries, the later readings arrive: their run starts beside it (max_active_runs > 1) and
     # waits for it; once it has failed for good, the later run holds them, before the watcher reads the failed
     # readings again
     second = publish.send_kafka("iot", producer, "iot-readings", messages[4:])
