@@ -44,4 +44,4 @@ ENV AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD=15
 # CeleryExecutor (Astro's): each Celery worker loads the plugins (and so the inference model) once, before forking its
 # pool, instead of every task process loading them (~4 s per task at rest; docs/scale-out.md). Airflow's own Celery
 # settings are unchanged. LocalExecutor does not read it.
-ENV AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=include.event_pipelines.celery_worker.CELERY_CONFIG
+ENV AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=event_streams.pipelines.celery_worker.CELERY_CONFIG

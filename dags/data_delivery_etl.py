@@ -37,9 +37,9 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, dag, get_current_context, task
 from pendulum import datetime, duration
 
+from event_streams.pipelines import airflow_io, config
 from include.data_delivery_etl import clients, settings
 from include.data_delivery_etl import pipeline as etl
-from include.event_pipelines import airflow_io, config
 
 QUEUE_URL = config.sqs_queue_url(settings.DELIVERY_QUEUE)
 DLQ_URL = config.sqs_queue_url(settings.DELIVERY_DLQ)

@@ -32,7 +32,7 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config
+from event_streams.pipelines import airflow_io, config
 from include.inference_execution import clients, settings
 from include.inference_execution.pipeline import answer_requests
 

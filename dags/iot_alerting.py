@@ -35,7 +35,7 @@ from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTr
 from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime, duration
 
-from include.event_pipelines import airflow_io, config
+from event_streams.pipelines import airflow_io, config
 from include.iot_alerting import clients, settings
 from include.iot_alerting.pipeline import process_readings
 
@@ -43,7 +43,7 @@ from include.iot_alerting.pipeline import process_readings
 readings_trigger = MessageQueueTrigger(
     scheme="kafka+stream",
     topics=[settings.IOT_READINGS_TOPIC],
-    apply_function="include.event_pipelines.messages.kafka_message_to_event",
+    apply_function="event_streams.pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
     group_id=settings.IOT_KAFKA_GROUP_ID,  # its own consumer group
     settled_conn_id=config.DB_CONN_ID,  # where runs record settled offsets (it resumes there if the broker lost them)

@@ -207,7 +207,7 @@ def named(records: list[dict[str, Any]], settings: str, broker: str) -> list[dic
     arrives as its value only, named by its SHA-256 (``messages.SHARED_STREAM_ID``)."""
     if settings != "shared" or broker not in ("kafka", "iot"):
         return records
-    from include.event_pipelines.messages import SHARED_STREAM_ID
+    from event_streams.pipelines.messages import SHARED_STREAM_ID
 
     return [{**r, "message_id": SHARED_STREAM_ID + r["body_sha256"]} for r in records]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
+from event_streams.pipelines import db, streams
 from include.data_delivery_etl import tables as _etl_tables  # noqa: F401  (every pipeline's tables on db.metadata)
-from include.event_pipelines import db, streams
 from include.inference_execution import tables as _inference_tables  # noqa: F401
 from include.iot_alerting import tables as _iot_tables  # noqa: F401
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import pipelines, publish, stack, summary
-from include.event_pipelines.samples_api import DemoLoad, PipelineSamples
+from event_streams.pipelines.samples_api import DemoLoad, PipelineSamples
 
 
 def publish_all(env: dict[str, str], run_id: str, scale: float = 1.0) -> list[dict[str, Any]]:

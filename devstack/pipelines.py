@@ -1,6 +1,6 @@
 """The pipelines the lab drives, found rather than named: every ``include/<dag_id>/samples.py`` defining ``SAMPLES``.
 
-A pipeline folder brings its sample messages and its sink check (``include.event_pipelines.samples_api``); the
+A pipeline folder brings its sample messages and its sink check (``event_streams.pipelines.samples_api``); the
 publisher, the summary, the runner and the demo iterate ``pipelines()``, so a new folder with a samples module is
 published to, summarized and waited for without editing devstack.
 """
@@ -11,7 +11,7 @@ import functools
 import importlib
 from pathlib import Path
 
-from include.event_pipelines.samples_api import PipelineSamples
+from event_streams.pipelines.samples_api import PipelineSamples
 
 PACKAGE = "include"
 MODULE = "samples"

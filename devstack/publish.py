@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack import pipelines
-from include.event_pipelines.samples_api import PRODUCER, Sample, iso, utcnow
+from event_streams.pipelines.samples_api import PRODUCER, Sample, iso, utcnow
 
 LOCAL_SQS_ENDPOINT = "http://127.0.0.1:9324"
 LOCAL_QUEUE_URL_PREFIX = "http://127.0.0.1:9324/000000000000"

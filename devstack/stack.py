@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         processes = status()
         print(json.dumps(processes, indent=2))
         if processes.get("api-server") or processes.get("scheduler"):  # the streams, as the streams page shows them
-            subprocess.run([sys.executable, "-m", "include.event_pipelines.streams"], env=airflow_env(), cwd=ROOT,
+            subprocess.run([sys.executable, "-m", "event_streams.pipelines.streams"], env=airflow_env(), cwd=ROOT,
                            timeout=120, check=False)
         return 0 if all(processes.values()) else 3
     elif args.command == "env-json":

@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, create_engine, select, text
 
 from devstack import pipelines
-from include.event_pipelines import db
-from include.event_pipelines.messages import envelopes_from_asset_events
-from include.event_pipelines.samples_api import DEAD_LETTER, PipelineSamples
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import envelopes_from_asset_events
+from event_streams.pipelines.samples_api import DEAD_LETTER, PipelineSamples
 
 
 @dataclass

@@ -1,13 +1,13 @@
 """The streams page in Airflow's UI: per watcher, the broker's backlog / in flight / lag, what Airflow holds, message
 age, dead letters with replay and discard, and broker ↔ Airflow drift (docs/metrics.md "The streams page").
 
-Its API and page are `include/event_pipelines/streams_api.py`, mounted on the API server at `/event-streams` and
+Its API and page are `event_streams.pipelines.streams_api`, mounted on the API server at `/event-streams` and
 built on the first request; signed-in users only, with the DAGs' own permissions.
 """
 
 from airflow.plugins_manager import AirflowPlugin
 
-from include.event_pipelines.streams_api import LazyApp
+from event_streams.pipelines.streams_api import LazyApp
 
 
 class EventStreamsPagePlugin(AirflowPlugin):

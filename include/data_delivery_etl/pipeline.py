@@ -26,11 +26,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, or_, select
 
-from include.data_delivery_etl import landing, settings, tables
-from include.data_delivery_etl.landing import StoragePath, safe_text
-from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
-from include.event_pipelines import db
-from include.event_pipelines.messages import (
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import (
     CONTENT_ERRORS,
     Envelope,
     PoisonMessage,
@@ -38,6 +35,9 @@ from include.event_pipelines.messages import (
     decode,
     validation_summary,
 )
+from include.data_delivery_etl import landing, settings, tables
+from include.data_delivery_etl.landing import StoragePath, safe_text
+from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice, OrderRow
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from include.data_delivery_etl import settings, tables
-from include.data_delivery_etl.pipeline import render_csv
-from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice
-from include.event_pipelines.samples_api import (
+from event_streams.pipelines.samples_api import (
     PRODUCER,
     QUARANTINE,
     DemoLoad,
@@ -39,6 +36,9 @@ from include.event_pipelines.samples_api import (
     to_json,
     utcnow,
 )
+from include.data_delivery_etl import settings, tables
+from include.data_delivery_etl.pipeline import render_csv
+from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice
 
 DEFAULT_LANDING_DIR = settings.DATA_DIR / "landing"  # where the pipeline reads by default (ETL_LANDING_ROOTS)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, UniqueConstraint
 
-from include.event_pipelines.db import UtcDateTime, metadata, utcnow
+from event_streams.pipelines.db import UtcDateTime, metadata, utcnow
 
 orders = Table(
     "orders",

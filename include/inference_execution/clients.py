@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-from include.event_pipelines.sqs_source import send_sqs_messages
+from event_streams.pipelines.sqs_source import send_sqs_messages
 from include.inference_execution import settings
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
 from include.inference_execution import tables
 from include.inference_execution.model import Predictor, as_probability, check_answer, label_for
 from include.inference_execution.schemas import InferenceReply, InferenceRequest

@@ -1,4 +1,4 @@
-"""Env-driven settings of inference execution (shared ones: ``include/event_pipelines/config.py``)."""
+"""Env-driven settings of inference execution (shared ones: ``event_streams.pipelines.config``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, String, Table
 
-from include.event_pipelines.db import UtcDateTime, metadata
+from event_streams.pipelines.db import UtcDateTime, metadata
 
 predictions = Table(
     "inference_predictions",

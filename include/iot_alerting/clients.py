@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-from include.event_pipelines import config
+from event_streams.pipelines import config
 
 
 def kafka_publisher(topic: str) -> Callable[[Sequence[Any]], None]:

@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, select, text, tuple_
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import CONTENT_ERRORS, Envelope, PoisonMessage, dead_letter_row, decode
 from include.iot_alerting import settings, tables
 from include.iot_alerting.rules import RULES, DeviceState, evaluate
 from include.iot_alerting.schemas import AlertEvent, SensorReading

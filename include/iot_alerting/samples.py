@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from include.event_pipelines.samples_api import (
+from event_streams.pipelines.samples_api import (
     DemoLoad,
     Option,
     PipelineSamples,

@@ -1,4 +1,4 @@
-"""Env-driven settings of IoT alerting (shared ones: ``include/event_pipelines/config.py``)."""
+"""Env-driven settings of IoT alerting (shared ones: ``event_streams.pipelines.config``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text
 
-from include.event_pipelines.db import UtcDateTime, metadata
+from event_streams.pipelines.db import UtcDateTime, metadata
 
 iot_readings = Table(
     "iot_readings",

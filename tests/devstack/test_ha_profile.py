@@ -166,7 +166,7 @@ def test_celery_workers_load_the_plugins_before_their_pool_forks(monkeypatch: py
     from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
     from celery.signals import worker_init
 
-    from include.event_pipelines import celery_worker
+    from event_streams.pipelines import celery_worker
 
     path = stack.airflow_env()["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
     module, _, name = path.rpartition(".")

@@ -101,7 +101,7 @@ def test_start_elasticmq_runs_the_loopback_copy(tmp_path: Path, monkeypatch: pyt
 
 
 def test_redrive_is_the_backstop_behind_the_applications_dead_lettering() -> None:
-    from include.event_pipelines import config
+    from event_streams.pipelines import config
 
     conf = _uncommented(brokers.ELASTICMQ_CONF.read_text())
     counts = [int(n) for n in re.findall(r"maxReceiveCount\s*=\s*(\d+)", conf)]

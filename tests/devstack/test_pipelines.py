@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from devstack import demo, pipelines, summary
-from include.event_pipelines.samples_api import PipelineSamples
+from event_streams.pipelines.samples_api import PipelineSamples
 
 _names = itertools.count()
 
 SAMPLES_MODULE = '''
-from include.event_pipelines.samples_api import PipelineSamples, SinkCheck
+from event_streams.pipelines.samples_api import PipelineSamples, SinkCheck
 
 SAMPLES = PipelineSamples(
     name={name!r}, dag_id={dag_id!r}, broker="sqs", source="q", dlq="q-dlq",

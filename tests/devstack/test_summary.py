@@ -12,8 +12,8 @@ from sqlalchemy import create_engine, text
 
 from devstack import summary
 from event_streams import payload
-from include.event_pipelines.messages import Envelope
-from include.event_pipelines.samples_api import iso
+from event_streams.pipelines.messages import Envelope
+from event_streams.pipelines.samples_api import iso
 from include.inference_execution.pipeline import answer_requests
 from include.inference_execution.samples import messages
 from include.inference_execution.schemas import InferenceReply

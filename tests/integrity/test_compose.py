@@ -128,7 +128,7 @@ def test_work_queues_have_dead_letter_queue() -> None:
 
 
 def test_queue_urls_match_project_default_prefix() -> None:
-    # include/event_pipelines/config.py defaults to http://sqs:9324/000000000000/<queue>.
+    # event_streams.pipelines.config defaults to http://sqs:9324/000000000000/<queue>.
     top = _blocks(_elasticmq_text())
     assert re.search(r'accountId\s*=\s*"?000000000000"?', top["aws"])
     assert re.search(r'host\s*=\s*"\*"', top["node-address"])

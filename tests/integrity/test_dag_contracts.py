@@ -14,7 +14,7 @@ import yaml
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 
-from include.event_pipelines import config
+from event_streams.pipelines import config
 from include.inference_execution import settings as inference_settings
 from include.iot_alerting import settings as iot_settings
 
@@ -123,7 +123,7 @@ def test_kafka_watcher_applies_the_project_record_form(watchers: tuple[str, dict
     if mode == "shared":  # Airflow's shared stream takes no apply function: each event is a record's value
         assert (kwargs["poll_timeout"], kwargs["dlq_topic"]) == (1.0, None) and "apply_function" not in kwargs
         return
-    assert kwargs["apply_function"] == "include.event_pipelines.messages.kafka_message_to_event"
+    assert kwargs["apply_function"] == "event_streams.pipelines.messages.kafka_message_to_event"
     if mode == "guide":  # the provider's defaults, unsafe as they are (commits before the event is stored)
         assert (kwargs["poll_timeout"], kwargs["poll_interval"], kwargs["commit_offset"]) == (1, 5, True)
     else:  # its own consumer group, not the connection's: a second DAG on the topic does not share its offsets

@@ -1,7 +1,8 @@
 """The layout (README.md "Layout", docs/layout.md): one shared core, one self-contained folder per pipeline, no
 pipeline importing another's code, and no test-only hook in a pipeline's code.
 
-* ``include/event_pipelines/`` (the core) imports no pipeline folder;
+* the provider distribution (``providers/event-streams``), the shared core (``event_streams.pipelines``) included,
+  imports nothing of ``include`` or ``dags``: it installs and works alone;
 * ``include/<pipeline>/`` imports only the core and itself (never another pipeline, never ``dags/``), and not
   ``faults`` (fault injection reaches a pipeline only as the ``after_effect`` hook a DAG task passes);
 * ``dags/<pipeline>.py`` imports, of ``include``, only the core and ``include/<pipeline>/``, the folder named
@@ -19,14 +20,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ROOT / "include"
-CORE = "include.event_pipelines"
+PROVIDER_SRC = ROOT / "providers" / "event-streams" / "src"
+CORE = "event_streams.pipelines"
 FAULTS = f"{CORE}.faults"
-PIPELINES = sorted(p.name for p in INCLUDE.iterdir() if (p / "__init__.py").is_file() and p.name != "event_pipelines")
+PIPELINES = sorted(p.name for p in INCLUDE.iterdir() if (p / "__init__.py").is_file())
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 
 
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    base = PROVIDER_SRC if path.is_relative_to(PROVIDER_SRC) else ROOT
+    parts = path.relative_to(base).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -50,14 +53,15 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> set[
 
 
 def project_imports(path: Path) -> set[str]:
-    """The ``include.*`` modules (and names) a file imports, ``include`` itself left out."""
+    """The ``include.*`` and core (``event_streams.pipelines.*``) modules (and names) a file imports, ``include``
+    itself left out."""
     names = imported_modules(path.read_text(), module_name(path), path.name == "__init__.py")
-    return {n for n in names if n.startswith("include.")}
+    return {n for n in names if n.startswith(("include.", "dags.", f"{CORE}.")) or n == CORE}
 
 
 def owner(name: str) -> str:
-    """``include.<folder>`` of an imported dotted name: the core or a pipeline folder (or another module)."""
-    return ".".join(name.split(".")[:2])
+    """The core, or ``include.<folder>`` of an imported dotted name: a pipeline folder (or another module)."""
+    return CORE if name == CORE or name.startswith(f"{CORE}.") else ".".join(name.split(".")[:2])
 
 
 def python_files(folder: Path) -> list[Path]:
@@ -68,19 +72,19 @@ def test_the_import_reader() -> None:
     src = """
 import include.iot_alerting.rules
 from include import data_delivery_etl
-from include.event_pipelines import db, config
+from event_streams.pipelines import db, config
 from . import schemas
 from .model import MODEL_DIR
-from .. import event_pipelines
+from .. import iot_alerting
 def f():
     from include.inference_execution.clients import predictor
 """
     found = imported_modules(src, "include.inference_execution.pipeline")
     owners = {owner(n) for n in found if n != "include"}
-    assert owners == {"include.iot_alerting", "include.data_delivery_etl", "include.event_pipelines",
+    assert owners == {"include.iot_alerting", "include.data_delivery_etl", "event_streams.pipelines",
                       "include.inference_execution"}
     assert "include.inference_execution.schemas" in found and "include.inference_execution.model" in found
-    assert "include.event_pipelines.db" in found and "include.event_pipelines" in found
+    assert "event_streams.pipelines.db" in found and "event_streams.pipelines" in found
 
 
 def test_there_is_one_pipeline_folder_per_dag() -> None:
@@ -125,13 +129,13 @@ def test_a_dag_imports_only_the_core_and_its_pipeline(dag_file: Path) -> None:
     assert not bad, f"{dag_file.name} imports outside the core and include/{dag_file.stem}: {bad}"
 
 
-def test_the_core_imports_no_pipeline() -> None:
-    files = python_files(INCLUDE / "event_pipelines")
-    assert files
+def test_the_provider_and_its_core_import_nothing_of_the_project() -> None:
+    files = python_files(PROVIDER_SRC / "event_streams")
+    assert PROVIDER_SRC / "event_streams" / "pipelines" / "airflow_io.py" in files
     bad = sorted(
         f"{path.relative_to(ROOT)}: {name}" for path in files for name in project_imports(path) if owner(name) != CORE
     )
-    assert not bad, f"the core imports outside itself: {bad}"
+    assert not bad, f"the provider imports from the project: {bad}"
 
 
 PLUGIN_FILES = sorted((ROOT / "plugins").glob("*.py"))

@@ -12,12 +12,12 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import Engine, select
 
+from event_streams.pipelines.messages import Envelope, PoisonMessage, decode
+from event_streams.pipelines.samples_api import Sample
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import parse_orders, process_delivery
 from include.data_delivery_etl.samples import SAMPLES, check, messages, poison
 from include.data_delivery_etl.schemas import CSV_HEADER, DeliveryNotice
-from include.event_pipelines.messages import Envelope, PoisonMessage, decode
-from include.event_pipelines.samples_api import Sample
 
 
 def resolve(uri: str) -> Path:

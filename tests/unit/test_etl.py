@@ -8,13 +8,13 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import Engine, func, select
 
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 from include.data_delivery_etl import pipeline
 from include.data_delivery_etl import settings as etl_settings
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.landing import quarantine_folder_name
 from include.data_delivery_etl.pipeline import render_csv
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
 
 ROWS = [
     {"order_id": "o-1", "customer_id": "c-1", "amount": "12.50", "currency": "eur", "ordered_at": "2026-11-24T08:00:00+01:00"},
@@ -506,7 +506,7 @@ def test_a_tie_on_delivered_at_is_won_by_the_greater_sha256(engine: Engine, tmp_
 
 
 def test_a_run_of_1500_deliveries_maps_to_bounded_batches() -> None:
-    from include.event_pipelines import airflow_io
+    from event_streams.pipelines import airflow_io
 
     batches = airflow_io.map_batches(list(range(1500)), etl_settings.ETL_BATCH_SIZE)
     assert len(batches) == -(-1500 // etl_settings.ETL_BATCH_SIZE) <= 1024

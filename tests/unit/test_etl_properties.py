@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select
 
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 from include.data_delivery_etl import landing
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import process_delivery, render_csv
 from include.data_delivery_etl.schemas import CSV_HEADER
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 STATUSES = {"loaded", "duplicate", "quarantined", "dead_letter"}
@@ -177,8 +177,11 @@ def test_any_delivery_ends_in_an_outcome_and_touches_nothing_outside(
     notice = {"delivery_id": delivery_id, "uri": uri, "sha256": sha, "row_count": row_count, "producer": "p",
               "delivered_at": delivered_at}
     outcome = world.run(Envelope(source="sqs", message_id=_mid(), body=json.dumps(notice)), max_file_bytes=max_bytes)
-    if where in ("outside", "dotdot", "symlink", "evil", "dir"):
+    if where in ("outside", "dotdot", "evil"):  # refused before anything else: the path is outside the landing roots
         assert outcome.status == "dead_letter" and outcome.reason
+    if where in ("symlink", "dir"):  # under a root, but not a regular file: never read; a delivery (id and checksum)
+        # that an earlier example loaded is answered from the ledger before the path is opened
+        assert outcome.status == "dead_letter" or outcome.status == "duplicate", outcome
     if outcome.status == "loaded":
         assert where == "landing" and right_sha and len(content) <= max_bytes
     if outcome.status == "quarantined":

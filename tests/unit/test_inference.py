@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 from include.inference_execution import tables as inference_tables
 from include.inference_execution import train
 from include.inference_execution.model import (
@@ -125,7 +125,7 @@ def test_a_partial_reply_send_resends_only_the_replies_that_were_not_sent(engine
 def test_an_events_db_of_an_older_version_gets_the_new_nullable_column(tmp_path) -> None:
     from sqlalchemy import create_engine, inspect, text
 
-    from include.event_pipelines import db
+    from event_streams.pipelines import db
 
     old = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     with old.begin() as conn:

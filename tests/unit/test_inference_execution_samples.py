@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from include.event_pipelines.messages import Envelope, PoisonMessage, decode
-from include.event_pipelines.samples_api import Sample
+from event_streams.pipelines.messages import Envelope, PoisonMessage, decode
+from event_streams.pipelines.samples_api import Sample
 from include.inference_execution.pipeline import answer_requests
 from include.inference_execution.samples import SAMPLES, check, messages, poison
 from include.inference_execution.schemas import InferenceReply, InferenceRequest

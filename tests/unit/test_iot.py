@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 from include.iot_alerting import settings as iot_settings
 from include.iot_alerting import tables as iot_tables
 from include.iot_alerting.pipeline import process_readings

@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import (
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import (
     MAX_BODY_BYTES,
     Envelope,
     PoisonMessage,
     decode,
     kafka_message_to_event,
 )
-from include.event_pipelines.samples_api import Sample
+from event_streams.pipelines.samples_api import Sample
 from include.iot_alerting.pipeline import process_readings
 from include.iot_alerting.samples import SAMPLES, check, compare_alerts, describe, expected_alerts, messages, poison
 from include.iot_alerting.schemas import AlertEvent, SensorReading

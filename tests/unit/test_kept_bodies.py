@@ -16,8 +16,8 @@ from sqlalchemy import Engine, select
 
 from event_streams import payload
 from event_streams import sqs as event_sqs
-from include.event_pipelines import db, sqs_source
-from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events
+from event_streams.pipelines import db, sqs_source
+from event_streams.pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events
 
 QUEUE = "http://sqs.local/000000000000/inference-requests"
 DLQ = f"{QUEUE}-dlq"
@@ -34,7 +34,7 @@ def _keep(engine: Engine, messages: list[tuple[str, str]]) -> None:
 
 
 def _attribute(name: str, data_type: str, value: str) -> Any:
-    from include.event_pipelines.messages import SqsAttribute
+    from event_streams.pipelines.messages import SqsAttribute
 
     return SqsAttribute(name=name, data_type=data_type, value=value)
 

@@ -25,13 +25,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 from include.data_delivery_etl import landing, pipeline
 from include.data_delivery_etl import settings as etl_settings
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.landing import quarantine_folder_name
 from include.data_delivery_etl.pipeline import render_csv
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
 
 ROWS = [
     {"order_id": "o-1", "customer_id": "c-1", "amount": "12.50", "currency": "EUR", "ordered_at": "2026-11-24T08:00:00Z"},

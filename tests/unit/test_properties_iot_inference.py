@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.pool import StaticPool
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope, PoisonMessage, decode
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope, PoisonMessage, decode
 from include.inference_execution import tables as inference_tables
 from include.inference_execution.pipeline import answer_requests
 from include.inference_execution.schemas import InferenceRequest

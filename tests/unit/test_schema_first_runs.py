@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, inspect, text
 
 
 def _first_task(url: str, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue) -> None:
+    from event_streams.pipelines import db
     from include.data_delivery_etl import tables as _etl  # noqa: F401
-    from include.event_pipelines import db
     from include.inference_execution import tables as _inference  # noqa: F401
     from include.iot_alerting import tables as _iot  # noqa: F401
 
@@ -32,7 +32,7 @@ def _first_task(url: str, barrier: multiprocessing.synchronize.Barrier, errors: 
 
 def _race(urls: list[str]) -> list[str]:
     """Three first tasks per fresh database; what failed."""
-    from include.event_pipelines import db
+    from event_streams.pipelines import db
 
     ctx = multiprocessing.get_context("fork")
     failures: list[str] = []

@@ -111,7 +111,7 @@ def test_shared_setting_builds_airflows_shared_stream_for_kafka_and_the_stock_sq
     assert not queues.streaming() and queues.trigger_kind() == "shared"
     path, stored = MessageQueueTrigger(scheme="kafka+stream", topics=["t"], kafka_config_id="k", group_id="g",
                                        settled_conn_id="events_db",
-                                       apply_function="include.event_pipelines.messages.kafka_message_to_event"
+                                       apply_function="event_streams.pipelines.messages.kafka_message_to_event"
                                        ).serialize()
     assert path == "airflow.providers.apache.kafka.triggers.shared_stream.KafkaSharedStreamTrigger"
     assert stored == {"topics": ["t"], "kafka_config_id": "k", "poll_timeout": 1.0, "dlq_topic": None}

@@ -18,10 +18,10 @@ from sqlalchemy import create_engine, select
 
 from devstack import publish
 from devstack.testing import Stack
+from event_streams.pipelines import db
+from event_streams.pipelines.samples_api import Sample
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import render_csv
-from include.event_pipelines import db
-from include.event_pipelines.samples_api import Sample
 from include.inference_execution import tables as inference_tables
 from include.iot_alerting import tables as iot_tables
 

@@ -21,9 +21,9 @@ from sqlalchemy import bindparam, create_engine, func, select, text
 from devstack import publish
 from devstack.summary import message_runs
 from devstack.testing import Stack, in_background, result, wait_for
+from event_streams.pipelines import db
 from include.data_delivery_etl import tables as etl_tables
 from include.data_delivery_etl.pipeline import render_csv
-from include.event_pipelines import db
 from include.inference_execution import tables as inference_tables
 from include.iot_alerting import tables as iot_tables
 from include.iot_alerting.samples import expected_alerts

@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, select, text
 
 from devstack import publish, summary
 from devstack.testing import Stack, wait_for
-from include.event_pipelines import db
-from include.event_pipelines.samples_api import Sample
+from event_streams.pipelines import db
+from event_streams.pipelines.samples_api import Sample
 from include.inference_execution.schemas import InferenceRequest, MachineFeatures
 
 SLOW_S = 52  # longer than the budget (20 s) and the failing sibling's four tries (3 x 10 s retry delay), under the

@@ -246,8 +246,8 @@ def test_streaming_trigger_settles_a_transactional_topic_to_the_end_of_the_parti
     from sqlalchemy import create_engine, select
 
     from event_streams.kafka_offsets import LAST_COMMIT, commit_settled, kafka_settled, settled_intervals
+    from event_streams.pipelines.messages import Envelope
     from event_streams.triggers import StreamingKafkaTrigger
-    from include.event_pipelines.messages import Envelope
 
     bootstrap, topic, group = stack["bootstrap"], f"tx-{uuid.uuid4().hex[:8]}", f"tx-group-{uuid.uuid4().hex[:8]}"
     brokers.warm_group_coordinator(bootstrap, 60)  # as `make up` does: a fresh broker answers NOT_COORDINATOR first
@@ -324,7 +324,7 @@ def _watcher(monkeypatch, bootstrap: str, topic: str, group: str | None, **kwarg
 
 
 def _gather(trigger, want: int, timeout: float = 60) -> list:
-    from include.event_pipelines.messages import Envelope
+    from event_streams.pipelines.messages import Envelope
 
     got: list = []
     deadline = time.monotonic() + timeout
@@ -409,7 +409,7 @@ def _settle_all(trigger, engine, want: int | None, timeout: float = 90) -> list[
     """Gather until ``want`` records came (``None``: until the group's committed offset is the end of every
     partition), one settling run per event; then let the trigger read on and check."""
     from event_streams.kafka_offsets import commit_settled
-    from include.event_pipelines.messages import Envelope
+    from event_streams.pipelines.messages import Envelope
 
     def done() -> bool:
         if want is not None:
@@ -524,8 +524,8 @@ def test_a_dead_letter_copy_keeps_the_records_key_bytes_and_headers(stack, tmp_p
 
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from include.event_pipelines import db, kafka_source
-    from include.event_pipelines.messages import envelopes_from_asset_events
+    from event_streams.pipelines import db, kafka_source
+    from event_streams.pipelines.messages import envelopes_from_asset_events
 
     bootstrap, topic = stack["bootstrap"], f"headers-{uuid.uuid4().hex[:8]}"
     dlq = f"{topic}-dlq"
@@ -617,8 +617,8 @@ def test_sqs_dead_letters_cannot_fail_on_their_content(stack, monkeypatch):
     import boto3
 
     from event_streams import sqs as event_sqs
-    from include.event_pipelines import sqs_source
-    from include.event_pipelines.messages import Envelope
+    from event_streams.pipelines import sqs_source
+    from event_streams.pipelines.messages import Envelope
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "x", "password": "x",
@@ -674,8 +674,8 @@ def test_dead_letters_and_replies_reach_fifo_queues(stack, monkeypatch):
     import boto3
 
     from event_streams import sqs as event_sqs
-    from include.event_pipelines import sqs_source
-    from include.event_pipelines.messages import Envelope
+    from event_streams.pipelines import sqs_source
+    from event_streams.pipelines.messages import Envelope
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "x", "password": "x",
@@ -729,9 +729,9 @@ def test_an_oversize_sqs_body_is_kept_by_the_trigger_and_dead_lettered_whole(sta
 
     from event_streams import kept_bodies, payload
     from event_streams import sqs as event_sqs
+    from event_streams.pipelines import db, sqs_source
+    from event_streams.pipelines.messages import dead_letter_row, envelopes_from_asset_events
     from event_streams.triggers import StreamingSqsTrigger
-    from include.event_pipelines import db, sqs_source
-    from include.event_pipelines.messages import dead_letter_row, envelopes_from_asset_events
 
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "x", "password": "x",

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from devstack import publish
 from devstack.stack import PROJECT
 from devstack.testing import Stack, wait_for
-from include.event_pipelines import db
+from event_streams.pipelines import db
 from include.iot_alerting import samples as iot_samples
 from include.iot_alerting import tables as iot_tables
 

@@ -28,10 +28,10 @@ from sqlalchemy import create_engine, text
 
 from devstack import publish
 from devstack.testing import ROOT, Stack
+from event_streams.pipelines.samples_api import PRODUCER
 from include.data_delivery_etl.pipeline import render_csv
 from include.data_delivery_etl.samples import order_row
 from include.data_delivery_etl.schemas import DeliveryNotice
-from include.event_pipelines.samples_api import PRODUCER
 
 STACK_ENV = {"DEVSTACK_AUTH": "passwords"}  # sign-in required: users admin and viewer
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -1,14 +1,15 @@
 """Streaming SQS and Kafka watcher triggers, registered with common-messaging's ``MessageQueueTrigger``.
 
 ``MessageQueueTrigger(scheme="sqs+stream", ...)`` and ``MessageQueueTrigger(scheme="kafka+stream", ...)``; see
-README.md. Kept import-light: Airflow loads this module to discover providers.
+README.md. ``event_streams.pipelines`` is what the DAGs call to take and settle a run's messages. Kept import-light:
+Airflow loads this module to discover providers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def get_provider_info() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from airflow.sdk import Asset, AssetWatcher, dag, task
 from pendulum import datetime
 from sqlalchemy import Column, MetaData, String, Table
 
-from include.event_pipelines import airflow_io, config, db
+from event_streams.pipelines import airflow_io, config, db
 from include.iot_alerting import settings
 
 GROUP_ID = "airflow.iot_readings_audit"
@@ -24,7 +24,7 @@ audit = Table("iot_readings_audit", MetaData(), Column("message_id", String(256)
 readings_trigger = MessageQueueTrigger(
     scheme="kafka+stream",
     topics=[settings.IOT_READINGS_TOPIC],
-    apply_function="include.event_pipelines.messages.kafka_message_to_event",
+    apply_function="event_streams.pipelines.messages.kafka_message_to_event",
     kafka_config_id=config.KAFKA_CONN_ID,
     group_id=GROUP_ID,
     settled_conn_id=config.DB_CONN_ID,

@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import Envelope
 
 MAX_REASON_CHARS = 1000
 

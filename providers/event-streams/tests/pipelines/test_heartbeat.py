@@ -1,4 +1,4 @@
-"""A task's hold on its SQS messages (``include/event_pipelines/heartbeat.py`` through ``sqs_source.SqsSource``):
+"""A task's hold on its SQS messages (``event_streams.pipelines.heartbeat`` through ``sqs_source.SqsSource``):
 extended while the task works, never after it is settled, and a failure gives back only what the task held."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import pytest
 from sqlalchemy import Engine
 
-from include.event_pipelines import db, kafka_source, sqs_source
-from include.event_pipelines.heartbeat import Holding
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import db, kafka_source, sqs_source
+from event_streams.pipelines.heartbeat import Holding
+from event_streams.pipelines.messages import Envelope
 
 
 def _msgs(*ids: str) -> list[Envelope]:

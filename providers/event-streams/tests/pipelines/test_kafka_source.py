@@ -1,4 +1,4 @@
-"""Overlapping Kafka runs keep each partition's order (include/event_pipelines/kafka_source.py ``_await_earlier_runs``):
+"""Overlapping Kafka runs keep each partition's order (event_streams.pipelines.kafka_source ``_await_earlier_runs``):
 a run whose records follow records of the run before it waits for that run to settle them, and stops waiting when
 a run of its DAG failed for good or the wait's bound is reached. The events database is real SQLite; the earlier
 run settles through ``event_streams.kafka_offsets.commit_settled`` with a scripted consumer group."""
@@ -14,8 +14,8 @@ from confluent_kafka import OFFSET_INVALID, TopicPartition
 from sqlalchemy import Engine
 
 from event_streams.kafka_offsets import commit_settled
-from include.event_pipelines import db, kafka_source, redelivery
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import db, kafka_source, redelivery
+from event_streams.pipelines.messages import Envelope
 
 T, GROUP, DAG = "iot-readings", "airflow.iot_alerting", "iot_alerting"
 

@@ -1,4 +1,4 @@
-"""The fault suite's markers (``include/event_pipelines/faults.py``): once, ``always``, ``times:<n>``, ``hang:<s>``, off."""
+"""The fault suite's markers (``event_streams.pipelines.faults``): once, ``always``, ``times:<n>``, ``hang:<s>``, off."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from include.event_pipelines import faults
+from event_streams.pipelines import faults
 
 
 def test_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

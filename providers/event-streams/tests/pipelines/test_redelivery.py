@@ -1,5 +1,5 @@
 """Runs that fail for good: the failure is recorded per message; after MAX_FAILED_RUNS the next delivery
-dead-letters the message with the last error instead of processing it (include/event_pipelines/redelivery.py)."""
+dead-letters the message with the last error instead of processing it (event_streams.pipelines.redelivery)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import airflow_io, db, redelivery
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import airflow_io, db, redelivery
+from event_streams.pipelines.messages import Envelope
 
 ASSET = "sqs_inference_requests"
 

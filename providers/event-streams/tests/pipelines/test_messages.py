@@ -5,7 +5,7 @@ import json
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from include.event_pipelines.messages import (
+from event_streams.pipelines.messages import (
     MAX_BODY_BYTES,
     Envelope,
     PoisonMessage,

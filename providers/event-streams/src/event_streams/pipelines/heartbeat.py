@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines.messages import Envelope
 
 log = logging.getLogger(__name__)
 

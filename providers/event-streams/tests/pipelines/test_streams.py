@@ -1,4 +1,4 @@
-"""The streams page's figures and actions (``include/event_pipelines/streams.py``) on a real SQLite events database:
+"""The streams page's figures and actions (``event_streams.pipelines.streams``) on a real SQLite events database:
 dead letters newest first with what was done to each, replay and discard once only, message age and rate from the
 runs' figures, the drift verdicts, and a broker that does not answer reported as unreachable (a closed local port)."""
 
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, func, select
 
-from include.event_pipelines import db, streams
+from event_streams.pipelines import db, streams
 
 T0 = datetime(2026, 12, 6, 8, 0, tzinfo=timezone.utc)
 

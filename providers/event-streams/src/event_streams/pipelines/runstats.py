@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import Engine
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import CONTENT_ERRORS, Envelope
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import CONTENT_ERRORS, Envelope
 
 
 def produced_at(envelope: Envelope, body_field: str | None) -> datetime | None:

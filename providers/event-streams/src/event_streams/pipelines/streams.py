@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 from sqlalchemy.orm import Session
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import envelopes_from_asset_events
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import envelopes_from_asset_events
 
 BROKER_TIMEOUT_S = 3.0
 RECENT_RUNS = 50  # runs the message-age figures are taken over
@@ -385,13 +385,13 @@ def render_text(sections: Sequence[Mapping[str, Any]]) -> str:
 
 
 def main() -> None:
-    """``python -m include.event_pipelines.streams``: the overview in the terminal, with Airflow's configuration of
+    """``python -m event_streams.pipelines.streams``: the overview in the terminal, with Airflow's configuration of
     this environment (``make status`` runs it on the native stack; in Astro, ``astro dev bash`` then this)."""
     import logging
 
     from airflow.utils.session import create_session
 
-    from include.event_pipelines.streams_api import events_engine
+    from event_streams.pipelines.streams_api import events_engine
 
     logging.getLogger("airflow.providers.amazon").setLevel(logging.WARNING)  # "credentials retrieved from ..." lines
     with create_session() as session:

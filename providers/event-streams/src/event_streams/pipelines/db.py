@@ -18,8 +18,8 @@ from sqlalchemy import Column, DateTime, Engine, Float, Index, Integer, MetaData
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.types import TypeDecorator
 
+from event_streams.pipelines import config
 from event_streams.schema import chunked, dialect_insert, insert_ignore
-from include.event_pipelines import config
 
 metadata = MetaData()
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines.messages import Envelope
 
 PREFIX = "event_pipelines"
 MAX_AGE_SAMPLES = 1000  # message ages sent per run (a timing each): the first ones, enough for p50/p95

@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from include.event_pipelines import config, db, faults, metrics, runstats
-from include.event_pipelines.kafka_source import KafkaSource
-from include.event_pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
-from include.event_pipelines.sqs_source import SqsSource
+from event_streams.pipelines import config, db, faults, metrics, runstats
+from event_streams.pipelines.kafka_source import KafkaSource
+from event_streams.pipelines.messages import Envelope, dead_letter_row, envelopes_from_asset_events, envelopes_from_conf
+from event_streams.pipelines.sqs_source import SqsSource
 
 __all__ = ["KafkaSource", "Source", "SqsSource", "engine", "fault_point", "map_batches", "on_failure", "run_messages",
            "to_envelopes"]
@@ -40,7 +40,7 @@ def run_messages(
     error, the messages that were already in ``MAX_FAILED_RUNS`` runs that failed for good (and settles them);
     logs and records the run's batch size and how long its messages waited since they were produced.
     """
-    from include.event_pipelines import redelivery
+    from event_streams.pipelines import redelivery
 
     dag_run = context["dag_run"]
     envelopes = envelopes_from_asset_events(context["triggering_asset_events"].get(asset, ()))
@@ -73,7 +73,7 @@ def on_failure(asset: Any, source: Source) -> Callable[[Mapping[str, Any]], None
     heartbeat timeout), then gives those back to the broker for redelivery. Never raises."""
 
     def callback(context: Mapping[str, Any]) -> None:
-        from include.event_pipelines import redelivery
+        from event_streams.pipelines import redelivery
 
         try:
             dag_run, ti = context["dag_run"], context["ti"]

@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy import Engine, select
 
-from include.event_pipelines import db
-from include.event_pipelines.messages import MAX_BODY_BYTES
+from event_streams.pipelines import db
+from event_streams.pipelines.messages import MAX_BODY_BYTES
 
 Broker = Literal["sqs", "kafka"]
 Record = Mapping[str, Any]  # one line of the publisher's records file: pipeline, id, message_id, published_at, expect

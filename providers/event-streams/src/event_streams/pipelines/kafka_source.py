@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from include.event_pipelines import config, db, metrics
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import config, db, metrics
+from event_streams.pipelines.messages import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def settle_kafka(dlq_topic: str, envelopes: Sequence[Envelope], dead_letters: Se
     """After the run's effects are committed: dead letters to the DLQ topic (original key, bytes and headers, then
     headers ``reason`` and ``source_message_id``), flushed, then the consumed offsets committed (streaming trigger
     only)."""
-    from include.event_pipelines.messages import raw_bytes, raw_headers, raw_key
+    from event_streams.pipelines.messages import raw_bytes, raw_headers, raw_key
 
     if dead_letters:
         from airflow.providers.apache.kafka.hooks.produce import KafkaProducerHook
@@ -151,7 +151,7 @@ def _await_earlier_runs(group: str, members: Sequence[Envelope], through: Mappin
     late one in its partition is unsettled because its run of this DAG failed for good (``message_failures``): it
     comes back only when the watcher reads it again, so waiting would gain nothing."""
     from event_streams.kafka_offsets import in_order, settled_in_database
-    from include.event_pipelines import redelivery
+    from event_streams.pipelines import redelivery
 
     started = time.monotonic()
     partitions = {(e.topic, e.partition) for e in members if e.topic is not None and e.partition is not None}

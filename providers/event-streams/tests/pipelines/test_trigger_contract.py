@@ -10,13 +10,13 @@ import pytest
 
 from event_streams import payload
 from event_streams.kafka_offsets import settled_intervals
-from event_streams.triggers import StreamingSqsTrigger
-from include.event_pipelines.messages import (
+from event_streams.pipelines.messages import (
     MAX_BODY_BYTES,
     Envelope,
     envelopes_from_asset_events,
     kafka_message_to_event,
 )
+from event_streams.triggers import StreamingSqsTrigger
 
 
 class Record:

@@ -1,4 +1,4 @@
-"""Per-run figures (``include/event_pipelines/runstats.py``): how long a run's messages waited, from the producer's
+"""Per-run figures (``event_streams.pipelines.runstats``): how long a run's messages waited, from the producer's
 timestamps, with hostile bodies and broker timestamps left out of the wait only."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from include.event_pipelines.messages import Envelope
-from include.event_pipelines.runstats import summarize
+from event_streams.pipelines.messages import Envelope
+from event_streams.pipelines.runstats import summarize
 
 
 def test_run_stats_use_the_producer_timestamp() -> None:

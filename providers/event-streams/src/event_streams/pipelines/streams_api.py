@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from include.event_pipelines import db, streams
+from event_streams.pipelines import db, streams
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from include.event_pipelines import config, db, metrics
-from include.event_pipelines.heartbeat import Holding
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import config, db, metrics
+from event_streams.pipelines.heartbeat import Holding
+from event_streams.pipelines.messages import Envelope
 
 log = logging.getLogger(__name__)
 

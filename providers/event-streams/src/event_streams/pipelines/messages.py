@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from event_streams import payload
-from include.event_pipelines import config
+from event_streams.pipelines import config
 
 # SQS's own limit by default; larger Kafka records are refused the same way. A trigger leaves the body of a larger
 # message out of its asset event (``body_omitted_bytes``), so it never rides in one; the run dead-letters it. The

@@ -1,4 +1,4 @@
-"""The pipelines' metrics reach Airflow's metrics system (include/event_pipelines/metrics.py): Airflow's own StatsD
+"""The pipelines' metrics reach Airflow's metrics system (event_streams.pipelines.metrics): Airflow's own StatsD
 client, configured by ``[metrics]`` as in production, sends them to a UDP listener on 127.0.0.1; a known batch goes
 through ``airflow_io.run_messages`` and ``SqsSource.settle`` and the documented names arrive with its figures."""
 
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from include.event_pipelines import airflow_io, db, metrics, redelivery, sqs_source
-from include.event_pipelines.messages import Envelope
+from event_streams.pipelines import airflow_io, db, metrics, redelivery, sqs_source
+from event_streams.pipelines.messages import Envelope
 
 START = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 DAG = "inference_execution"
