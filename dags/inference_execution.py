@@ -70,7 +70,7 @@ def inference_execution() -> None:
             answer(messages[: settings.INFERENCE_BATCH_SIZE])
         return airflow_io.map_batches(messages[settings.INFERENCE_BATCH_SIZE :], settings.INFERENCE_BATCH_SIZE)
 
-    @task
+    @task(multiple_outputs=False)  # one XCom for the outcome, not one per key
     def answer_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
         with source.holding(airflow_io.to_envelopes(batch)):  # its own batch: a failure gives back only these
             return answer(batch)

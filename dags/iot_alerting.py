@@ -63,7 +63,7 @@ source = airflow_io.KafkaSource(settings.IOT_DLQ_TOPIC)
     tags=["event-driven", "kafka", "iot"],
 )
 def iot_alerting() -> None:
-    @task
+    @task(multiple_outputs=False)  # one XCom for the outcome, not one per key (what a dict return type implies)
     def evaluate_and_alert(**context: Any) -> dict[str, Any]:
         """Every record of this run (all coalesced asset events): apply the rules, publish state changes, persist
         state and readings; then dead letters and offsets. One task, so a run costs one task process."""

@@ -236,3 +236,11 @@ def test_every_module_attribute_a_dag_file_uses_exists(file: str) -> None:
         and isinstance(modules[node.value.id], type(ast)) and not hasattr(modules[node.value.id], node.attr)
     ]
     assert not missing, f"{file} uses names its modules do not define: {missing}"
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_each_task_pushes_one_xcom_at_most(dagbag: DagBag, dag_id: str) -> None:
+    """A TaskFlow task annotated ``-> dict[...]`` pushes one XCom per key unless told otherwise: each is an API call
+    and a metadata-database write in every run (IoT's task made six)."""
+    many = [t.task_id for t in dagbag.dags[dag_id].tasks if getattr(t, "multiple_outputs", False)]
+    assert not many, f"{dag_id}: tasks pushing one XCom per key: {many}"
