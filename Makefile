@@ -70,7 +70,7 @@ test-standalone: venv
 test-unit: venv
 	$(PYTHON) -m pytest -p no:cacheprovider --rootdir=$(CURDIR) tests/unit providers/event-streams/tests
 
-## model: retrain the packaged failure classifier (deterministic; writes include/models/failure_classifier/v1)
+## model: retrain the packaged failure classifier (deterministic; writes include/inference_execution/models/failure_classifier/v1)
 model: venv
 	$(PYTHON) -m include.inference_execution.train --version v1
 

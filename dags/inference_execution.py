@@ -4,7 +4,7 @@
 Prediction requests arrive on the `inference-requests` queue. The first task answers up to
 `INFERENCE_BATCH_SIZE` (1,000) requests itself, so a lone request costs one task; a larger run maps the rest, one
 task per batch. Each batch is one model call: the packaged scikit-learn failure classifier
-(`include/models/failure_classifier/v1`, trained by `include/inference_execution/train.py` on generated data, and
+(`include/inference_execution/models/failure_classifier/v1`, trained by `train.py` beside it on generated data, and
 pre-loaded by `plugins/inference_execution_plugin.py` so task processes inherit it), or a remote endpoint named by
 the `inference_endpoint` connection when `INFERENCE_BACKEND=http`. Predictions go to `inference_predictions`
 (keyed on `request_id`), then one reply per request is sent to `inference-replies` with the request id as

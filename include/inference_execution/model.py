@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from include.inference_execution.schemas import FEATURES, MachineFeatures
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "failure_classifier"
+MODEL_DIR = Path(__file__).resolve().parent / "models" / "failure_classifier"
 DEFAULT_MODEL_VERSION = "v1"
 DECISION_THRESHOLD = 0.5
 
@@ -59,7 +59,7 @@ def label_for(probability: float) -> str:
 
 @dataclass
 class LocalModelPredictor:
-    """The versioned scikit-learn artifact shipped in ``include/models``; checked against its recorded SHA-256."""
+    """The versioned scikit-learn artifact in ``models/`` beside this module; checked against its recorded SHA-256."""
 
     version: str
     estimator: Any
