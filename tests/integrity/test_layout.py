@@ -176,3 +176,14 @@ def test_the_provider_registers_the_shared_plugin() -> None:
     [plugin] = [e for e in entry_points(group="airflow.plugins") if e.name == "event_streams"]
     loaded = plugin.load()
     assert [m.__name__ for m in loaded.listeners] == ["event_streams.stranded_events"]
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_the_copy_manifest_has_the_projects_dockerfile(pipeline: str) -> None:
+    """A copy's Dockerfile lines (docs/copy/<pipeline>.yaml) are this project's Dockerfile, instruction for
+    instruction: a setting added to one (as [workers] min_heartbeat_interval was) reaches the copies too."""
+    import yaml
+
+    manifest = yaml.safe_load((ROOT / "docs" / "copy" / f"{pipeline}.yaml").read_text())[pipeline]
+    ours = [s for line in (ROOT / "Dockerfile").read_text().splitlines() if (s := line.strip()) and not s.startswith("#")]
+    assert manifest["dockerfile"] == ours
