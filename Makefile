@@ -14,7 +14,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 $(VENV)/.installed: requirements.txt requirements-dev.txt providers/event-streams/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q --python $(PYTHON) -r requirements-dev.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PYTHON) -r requirements-dev.txt
 	touch $@
 
 ## venv: the project's virtualenv (.devstack/venv) with pinned requirements
