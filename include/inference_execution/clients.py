@@ -21,19 +21,6 @@ def local_model() -> Any:
     return LocalModelPredictor.load()
 
 
-def forks_task_processes(command: Sequence[str], executor: str, forked: bool) -> bool:
-    """Whether a process's forks run tasks, so that a model loaded in it is inherited by them: a Celery worker's main
-    process (``airflow celery worker``), or a scheduler whose executors (``[core] executor``, aliases and module paths
-    allowed) include LocalExecutor; a CeleryExecutor scheduler forks none. Never a forked child (``forked``): it
-    inherits what its parent loaded."""
-    if forked or not command:
-        return False
-    if command[0] == "celery":
-        return True
-    names = {item.strip().rsplit(":", 1)[-1].rsplit(".", 1)[-1] for item in executor.split(",")}
-    return command[0] == "scheduler" and "LocalExecutor" in names
-
-
 def warm_up() -> None:
     """Load the local model now, in a process whose forks run tasks (plugins/inference_execution_plugin.py): each
     task then inherits it instead of importing scikit-learn and loading it. Never raises: a task loads it itself."""

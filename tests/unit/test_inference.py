@@ -391,21 +391,3 @@ def test_the_model_is_loaded_once_per_process_and_a_failed_warm_up_is_only_logge
     with pytest.raises(OSError):
         clients.predictor("local")
     clients.local_model.cache_clear()
-
-
-@pytest.mark.parametrize(("command", "executor", "forked", "loads"), [
-    (["scheduler"], "LocalExecutor", False, True),
-    (["scheduler"], "CeleryExecutor,LocalExecutor", False, True),
-    (["scheduler"], "fast:airflow.executors.local_executor.LocalExecutor", False, True),
-    (["scheduler"], "CeleryExecutor", False, False),  # its tasks run in Celery workers: nothing to inherit
-    (["scheduler"], "LocalExecutor", True, False),  # a LocalExecutor worker: inherits the scheduler's model
-    (["celery"], "CeleryExecutor", False, True),  # the worker's main process, before its pool forks
-    (["triggerer"], "LocalExecutor", False, False),
-    ([], "LocalExecutor", False, False),
-])
-def test_the_model_is_pre_loaded_only_where_task_processes_fork_from(
-    command: list[str], executor: str, forked: bool, loads: bool
-) -> None:
-    from include.inference_execution import clients
-
-    assert clients.forks_task_processes(command, executor, forked) is loads

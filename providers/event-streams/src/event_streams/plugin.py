@@ -7,14 +7,27 @@ that installs the provider needs no file in ``plugins/`` for it, in Docker and i
   queue providers when it is imported (about 0.6 s), and every DAG file imports it; loaded in the scheduler before
   LocalExecutor forks its workers, every task process inherits it instead of paying that on each parse of its DAG
   file (the project's docs/performance.md).
+* ``preload``: in a scheduler running LocalExecutor or a Celery worker, the modules a pipeline's task imports on each
+  run, imported once before the task processes are forked; in the API server, SQLAlchemy's mappers configured at
+  start instead of on the first task's ``run`` call (the same page).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
+
 import airflow.providers.common.messaging.triggers.msg_queue  # noqa: F401  (pre-import, see above)
+from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
-from event_streams import sqlite_clock, stranded_events  # noqa: F401  (sqlite_clock: on import)
+from event_streams import preload, sqlite_clock, stranded_events  # noqa: F401  (sqlite_clock: on import)
+
+_forked = multiprocessing.parent_process() is not None
+if preload.forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), _forked):
+    preload.preload()
+if preload.configures_mappers_at_start(sys.argv[1:2]):
+    preload.configure_mappers()
 
 
 class EventStreamsPlugin(AirflowPlugin):
