@@ -51,6 +51,8 @@ ELASTICMQ_MAIN = "org.elasticmq.server.Main"
 
 KAFKA_HEAP = ["-Xms128m", "-Xmx512m"]
 ELASTICMQ_HEAP = ["-Xms64m", "-Xmx256m"]
+# The emulator shares this machine's cores with Airflow: the C1 compiler only and the serial collector
+ELASTICMQ_JVM_FLAGS = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
 # The JVM flags Kafka's own kafka-run-class.sh uses, minus GC logging.
 KAFKA_JVM_FLAGS = [
     "-XX:+UseG1GC",
@@ -406,7 +408,7 @@ def start_elasticmq(cache_dir: Path, data_dir: Path, conf_path: Path = ELASTICMQ
         raise BrokerError(f"ElasticMQ config {conf_path} not found")
     _check_free("elasticmq", port)
     conf_path = loopback_elasticmq_conf(conf_path, data_dir)
-    cmd = [_java(), f"-Dconfig.file={conf_path}", *ELASTICMQ_HEAP, "-cp", f"{lib}/*", ELASTICMQ_MAIN]
+    cmd = [_java(), f"-Dconfig.file={conf_path}", *ELASTICMQ_HEAP, *ELASTICMQ_JVM_FLAGS, "-cp", f"{lib}/*", ELASTICMQ_MAIN]
     return _spawn(cmd, log_path, pid_file, data_dir)
 
 
