@@ -113,3 +113,24 @@ def kafka_record(message: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, rea
         "read_from": read_from if read_from is not None and 0 <= read_from < offset else None,
     }
     return {k: v for k, v in record.items() if v is not None}
+
+
+def describe(event_payload: Any) -> str:
+    """One short line naming what an event carries, never its content: a Kafka batch by its partitions' offset ranges,
+    an SQS batch by its count and first and last message ids; anything else by its type."""
+    if isinstance(event_payload, Mapping) and event_payload.get(SOURCE) == KAFKA_BATCH:
+        records = event_payload.get(RECORDS) or []
+        ranges: dict[str, list[int]] = {}
+        for r in records:
+            if isinstance(r, Mapping) and isinstance(r.get("offset"), int):
+                span = ranges.setdefault(f"{r.get('topic')}/{r.get('partition')}", [r["offset"], r["offset"]])
+                span[0], span[1] = min(span[0], r["offset"]), max(span[1], r["offset"])
+        shown = ", ".join(f"{k}@{a}..{b}" for k, (a, b) in sorted(ranges.items())[:8])
+        more = f" and {len(ranges) - 8} more partitions" if len(ranges) > 8 else ""
+        return f"{len(records)} Kafka records (group {event_payload.get(GROUP_ID)}): {shown}{more}"
+    if isinstance(event_payload, Mapping) and MESSAGE_BATCH in event_payload:
+        batch = event_payload.get(MESSAGE_BATCH) or []
+        ids = [str(m.get("MessageId"))[:80] for m in batch if isinstance(m, Mapping)]
+        named = f": {ids[0]} .. {ids[-1]}" if len(ids) > 1 else (f": {ids[0]}" if ids else "")
+        return f"{len(batch)} SQS messages{named}"
+    return f"a payload of type {type(event_payload).__name__}"
