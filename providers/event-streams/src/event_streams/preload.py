@@ -2,8 +2,8 @@
 
 LocalExecutor forks its workers from the scheduler and each task process from a worker; a Celery worker forks its pool
 the same way. The pipelines' core imports its brokers' and sink's modules inside its functions, so that parsing a DAG
-file stays fast; a task process then imported them on every run (0.3-0.4 s of CPU per task here, the SQLite hook alone
-0.15 s). The provider's plugin (``event_streams.plugin``) imports them once in the scheduler or Celery worker instead.
+file stays fast; a task process then imported them on every run (the SQLite hook alone took 0.15 s per task here).
+The provider's plugin (``event_streams.plugin``) imports them once in the scheduler or Celery worker instead.
 
 The API server configures SQLAlchemy's mappers (every relationship of Airflow's models) on its first ORM query, which is
 the first task's ``run`` call: 2 s here, while that task waited. The plugin has it done when the API server starts.
