@@ -5,20 +5,15 @@ pool the same way, and loads the plugins before it does (`event_streams.pipeline
 once, scikit-learn and the packaged model are inherited by every task process instead of being imported and loaded
 by each (1 s per task at rest here, more under load). Other Airflow processes skip it (a CeleryExecutor scheduler
 too: it forks no task), and so do the forked children (LocalExecutor workers, task processes), which may load
-plugins again but inherit the model (`event_streams.preload.forks_task_processes`).
+plugins again but inherit the model (`event_streams.preload.forks_task_processes_here`).
 """
 
-import multiprocessing
-import sys
-
-from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
-from event_streams.preload import forks_task_processes
+from event_streams.preload import forks_task_processes_here
 from include.inference_execution import clients
 
-forked = multiprocessing.parent_process() is not None
-if forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), forked):
+if forks_task_processes_here():
     clients.warm_up()
 
 

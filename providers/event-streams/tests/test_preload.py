@@ -26,6 +26,21 @@ def test_modules_are_pre_loaded_only_where_task_processes_fork_from(
     assert preload.forks_task_processes(command, executor, forked) is loads
 
 
+@pytest.mark.parametrize(("argv", "executor", "loads"), [
+    (["airflow", "scheduler"], "LocalExecutor", True),
+    (["airflow", "scheduler"], "CeleryExecutor", False),
+    (["airflow", "celery", "worker"], "CeleryExecutor", True),
+    (["airflow", "api-server"], "LocalExecutor", False),
+])
+def test_this_process_is_judged_by_its_command_line_and_the_configured_executor(
+    argv: list[str], executor: str, loads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
+
+    assert preload.forks_task_processes_here() is loads
+
+
 def test_a_missing_or_failing_module_is_skipped_and_the_rest_are_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

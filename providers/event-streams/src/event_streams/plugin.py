@@ -14,17 +14,14 @@ that installs the provider needs no file in ``plugins/`` for it, in Docker and i
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 
 import airflow.providers.common.messaging.triggers.msg_queue  # noqa: F401  (pre-import, see above)
-from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from event_streams import preload, sqlite_clock, stranded_events  # noqa: F401  (sqlite_clock: on import)
 
-_forked = multiprocessing.parent_process() is not None
-if preload.forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), _forked):
+if preload.forks_task_processes_here():
     preload.preload()
 if preload.configures_mappers_at_start(sys.argv[1:2]):
     preload.configure_mappers()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
+import sys
 from collections.abc import Iterable, Sequence
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,14 @@ def forks_task_processes(command: Sequence[str], executor: str, forked: bool) ->
         return True
     names = {item.strip().rsplit(":", 1)[-1].rsplit(".", 1)[-1] for item in executor.split(",")}
     return command[0] == "scheduler" and "LocalExecutor" in names
+
+
+def forks_task_processes_here() -> bool:
+    """``forks_task_processes`` for this process: its command line, ``[core] executor``, and whether it was forked."""
+    from airflow.configuration import conf
+
+    forked = multiprocessing.parent_process() is not None
+    return forks_task_processes(sys.argv[1:2], conf.get("core", "executor"), forked)
 
 
 def configures_mappers_at_start(command: Sequence[str]) -> bool:
