@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine
 
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+if "AIRFLOW_HOME" not in os.environ:  # a throwaway one, removed when the tests end
+    os.environ["AIRFLOW_HOME"] = _home = tempfile.mkdtemp(prefix="airflow-home-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 
