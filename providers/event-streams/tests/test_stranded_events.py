@@ -35,8 +35,10 @@ def _rows(engine: Engine) -> dict[str, Any]:
         }
 
 
-def _scenario(engine: Engine, *, events: dict[int, datetime], consumed: list[int], run_after: datetime) -> None:
-    """One asset (id 1) that ``DAG`` is scheduled on since T0, one asset-triggered run of it (id 1), its events."""
+def _scenario(engine: Engine, *, events: dict[int, datetime], consumed: list[int], run_after: datetime,
+              consumed_elsewhere: tuple[int, ...] = ()) -> None:
+    """One asset (id 1) that ``DAG`` is scheduled on since T0, one asset-triggered run of it (id 1), its events;
+    ``consumed_elsewhere``: events a run of another DAG on the asset consumed (run id 2)."""
     from airflow.models.asset import AssetEvent, AssetModel, DagScheduleAssetReference, association_table
     from airflow.models.dagrun import DagRun
 
@@ -50,8 +52,12 @@ def _scenario(engine: Engine, *, events: dict[int, datetime], consumed: list[int
                                                      log_template_id=None, span_status="not_started"))
         for event_id, ts in events.items():
             conn.execute(insert(AssetEvent.__table__).values(id=event_id, asset_id=1, extra={}, timestamp=ts))
-        for event_id in consumed:
-            conn.execute(insert(association_table).values(dag_run_id=1, event_id=event_id))
+        conn.execute(insert(DagRun.__table__).values(id=2, dag_id="other", run_id="r2", run_type="asset_triggered",
+                                                     run_after=run_after, state="running", clear_number=0,
+                                                     log_template_id=None, span_status="not_started"))
+        for run_id, event_ids in ((1, consumed), (2, consumed_elsewhere)):
+            for event_id in event_ids:
+                conn.execute(insert(association_table).values(dag_run_id=run_id, event_id=event_id))
 
 
 def test_an_event_committed_after_the_run_whose_window_held_it_is_restamped_and_queued(airflow_db: Engine) -> None:
@@ -83,3 +89,15 @@ def test_events_before_the_dag_was_scheduled_on_the_asset_or_consumed_are_left_a
     rows = _rows(airflow_db)
     assert rows["events"] == {1: before, 2: T0 + timedelta(seconds=5)}
     assert rows["queued"] == []
+
+
+def test_an_event_another_dag_consumed_is_not_restamped_it_would_reach_that_dag_twice(airflow_db: Engine) -> None:
+    from event_streams.stranded_events import requeue_stranded_events
+
+    late = T0 + timedelta(seconds=9)
+    _scenario(airflow_db, events={1: late}, consumed=[], consumed_elsewhere=(1,), run_after=T0 + timedelta(seconds=10))
+
+    with Session(airflow_db) as session, session.begin():
+        assert requeue_stranded_events(session, DAG) == []
+
+    assert _rows(airflow_db) == {"events": {1: late}, "queued": []}

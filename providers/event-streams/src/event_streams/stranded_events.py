@@ -37,16 +37,15 @@ LATE_COMMIT_LOOKBACK = timedelta(minutes=10)
 
 
 def restamp_late_events(session: Session, dag_id: str, floor: datetime) -> list[int]:
-    """Give the timestamp ``now`` to the events of ``dag_id``'s assets that no run of the DAG consumed, written
-    after the DAG was scheduled on their asset, and not newer than ``floor`` (its newest asset-triggered run) nor
-    older than ``LATE_COMMIT_LOOKBACK`` before it; return their ids."""
-    consumed = (
-        select(association_table.c.event_id)
-        .join(DagRun, DagRun.id == association_table.c.dag_run_id)
-        .where(DagRun.dag_id == dag_id)
-    )
-    late = session.scalars(
-        select(AssetEvent.id)
+    """Give the timestamp ``now`` to the events of ``dag_id``'s assets that no DAG run consumed, written after the
+    DAG was scheduled on their asset, and not newer than ``floor`` (its newest asset-triggered run) nor older than
+    ``LATE_COMMIT_LOOKBACK`` before it; return their ids.
+
+    An event that a run of another DAG on the same asset consumed is only logged: the new timestamp would put it in
+    that DAG's next window too, and deliver it there twice."""
+    consumed_by = select(association_table.c.event_id).where(association_table.c.event_id == AssetEvent.id)
+    missed = session.execute(
+        select(AssetEvent.id, consumed_by.exists())
         .join(
             DagScheduleAssetReference,
             and_(DagScheduleAssetReference.asset_id == AssetEvent.asset_id,
@@ -56,14 +55,21 @@ def restamp_late_events(session: Session, dag_id: str, floor: datetime) -> list[
             AssetEvent.timestamp <= floor,
             AssetEvent.timestamp > floor - LATE_COMMIT_LOOKBACK,
             AssetEvent.timestamp > DagScheduleAssetReference.created_at,
-            AssetEvent.id.not_in(consumed),
+            ~consumed_by.join(DagRun, DagRun.id == association_table.c.dag_run_id)
+            .where(DagRun.dag_id == dag_id)
+            .exists(),
         )
     ).all()
+    late = [event_id for event_id, elsewhere in missed if not elsewhere]
     if late:
         session.execute(update(AssetEvent).where(AssetEvent.id.in_(late)).values(timestamp=datetime.now(timezone.utc)))
         log.warning("Asset events %s of %s were committed after the run whose window held them: re-stamped for the "
-                    "next run", list(late), dag_id)
-    return list(late)
+                    "next run", late, dag_id)
+    if shared := [event_id for event_id, elsewhere in missed if elsewhere]:
+        log.error("Asset events %s were committed after the run of %s whose window held them, and another DAG's run "
+                  "consumed them: not re-stamped (that DAG would get them twice); %s never runs them", shared, dag_id,
+                  dag_id)
+    return late
 
 
 def requeue_stranded_events(session: Session, dag_id: str) -> list[int]:
