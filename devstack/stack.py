@@ -236,8 +236,11 @@ def airflow_env() -> dict[str, str]:
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": LISTEN_HOST,
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
             "EVENTS_FAULTS_DIR": str(STATE / "faults"),
+            # New DAG files show up within 10 s (Airflow's default: 300 s); listing the folder is cheap. Each file is
+            # parsed again every [dag_processor] min_file_process_interval, Airflow's default 30 s (a file edited
+            # since its last parse goes first anyway): every parse writes each DAG to the metadata DB, and on SQLite
+            # the tasks' API calls wait for that write (docs/performance.md).
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
             "SQS_QUEUE_URL_PREFIX": f"{SQS_ENDPOINT}/000000000000",
             "QUARANTINE_URI": (DATA / "quarantine").as_uri(),
             "LANDING_DIR": str(DATA / "landing"),
