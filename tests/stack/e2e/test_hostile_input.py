@@ -198,6 +198,10 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
         Sample("q-id", request("hq/../../x"), _dead("request_id")),
         Sample("q-extra", json.dumps({"request_id": "hq-extra", "submitted_at": _now().isoformat(),
                                           "features": features, "shell": "$(rm -rf /)"}).encode(), _dead("shell")),
+        # A key made of a control character: its reason carries it, and SQS refuses that character in an attribute.
+        # It goes on the DLQ escaped; before, the refused send failed the run, and its good neighbours with it.
+        Sample("q-control", json.dumps({"request_id": "hq-control", "submitted_at": _now().isoformat(),
+                                        "features": features, "\u0007": 1}).encode(), _dead("\\x07: Extra inputs")),
         Sample("q-naive", json.dumps({"request_id": "hq-naive", "submitted_at": "2026-11-24T08:00:00",
                                           "features": features}).encode(), _dead("submitted_at")),
         Sample("q-deep", b"{" + b'"a":{' * 20_000 + b"}" * 20_001, _dead("nested too deeply")),
