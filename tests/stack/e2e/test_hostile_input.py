@@ -199,9 +199,11 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
         Sample("q-extra", json.dumps({"request_id": "hq-extra", "submitted_at": _now().isoformat(),
                                           "features": features, "shell": "$(rm -rf /)"}).encode(), _dead("shell")),
         # A key made of a control character: its reason carries it, and SQS refuses that character in an attribute.
-        # It goes on the DLQ escaped; before, the refused send failed the run, and its good neighbours with it.
+        # It reaches the DLQ (the reason escaped there); before, the refused send failed the run, and its good
+        # neighbours with it.
         Sample("q-control", json.dumps({"request_id": "hq-control", "submitted_at": _now().isoformat(),
-                                        "features": features, "\u0007": 1}).encode(), _dead("\\x07: Extra inputs")),
+                                        "features": features, "\u0007": 1}).encode(),
+               _dead(": Extra inputs are not permitted")),
         Sample("q-naive", json.dumps({"request_id": "hq-naive", "submitted_at": "2026-11-24T08:00:00",
                                           "features": features}).encode(), _dead("submitted_at")),
         Sample("q-deep", b"{" + b'"a":{' * 20_000 + b"}" * 20_001, _dead("nested too deeply")),
@@ -228,6 +230,8 @@ def test_hostile_requests_are_dead_lettered_and_a_reused_id_answered_once(stack:
         bodies = dict(conn.execute(select(db.dead_letters.c.message_id, db.dead_letters.c.body)).all())
         stored = conn.execute(select(inference_tables.predictions.c.message_id).where(inference_tables.predictions.c.request_id == "hq-reused")).all()
     assert bodies[sent[-1]["message_id"]] == oversize.body.decode(), "the oversize body is not kept whole"
+    control = next(r["message_id"] for r in sent if r["id"] == "q-control")
+    assert "\x07: Extra inputs" in letters[control]  # the dead_letters row keeps the reason as it was
     pair_letters = [letters[r["message_id"]] for r in pair if r["message_id"] in letters]
     assert len(stored) == 1 and len(pair_letters) == 1 and "duplicate request_id hq-reused" in pair_letters[0]
     assert stored[0][0] != next(r["message_id"] for r in pair if r["message_id"] in letters)
