@@ -47,15 +47,13 @@ def _scenario(engine: Engine, *, events: dict[int, datetime], consumed: list[int
                                                          created_at=T0, updated_at=T0))
         conn.execute(insert(DagScheduleAssetReference.__table__).values(asset_id=1, dag_id=DAG, created_at=T0,
                                                                         updated_at=T0))
-        conn.execute(insert(DagRun.__table__).values(id=1, dag_id=DAG, run_id="r1", run_type="asset_triggered",
-                                                     run_after=run_after, state="running", clear_number=0,
-                                                     log_template_id=None, span_status="not_started"))
         for event_id, ts in events.items():
             conn.execute(insert(AssetEvent.__table__).values(id=event_id, asset_id=1, extra={}, timestamp=ts))
-        conn.execute(insert(DagRun.__table__).values(id=2, dag_id="other", run_id="r2", run_type="asset_triggered",
-                                                     run_after=run_after, state="running", clear_number=0,
-                                                     log_template_id=None, span_status="not_started"))
-        for run_id, event_ids in ((1, consumed), (2, consumed_elsewhere)):
+        for run_id, dag_id, event_ids in ((1, DAG, consumed), (2, "other", consumed_elsewhere)):
+            conn.execute(insert(DagRun.__table__).values(id=run_id, dag_id=dag_id, run_id=f"r{run_id}",
+                                                         run_type="asset_triggered", run_after=run_after,
+                                                         state="running", clear_number=0, log_template_id=None,
+                                                         span_status="not_started"))
             for event_id in event_ids:
                 conn.execute(insert(association_table).values(dag_run_id=run_id, event_id=event_id))
 
